@@ -1,0 +1,111 @@
+"""`hf-spam` command line: data | train | predict."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import sys
+
+from hf_spam.data import URLS, DataFormatError, DataIntegrityError, DownloadError, load_sms_spam
+
+
+def data_command(args: argparse.Namespace) -> int:
+    try:
+        _, report = load_sms_spam(
+            data_file=args.data_file,
+            cache_dir=args.cache_dir,
+            urls=args.data_urls,
+            download_timeout=args.download_timeout,
+            lenient=args.lenient,
+            dedupe_texts=args.dedupe,
+            balance=args.balance,
+            split_ratios=args.split_ratios,
+            seed=args.seed,
+        )
+    except (DataFormatError, DataIntegrityError, DownloadError, FileNotFoundError, ValueError) as err:
+        print(f"hf-spam data: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.to_dict(), indent=2))
+    return 0
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    from hf_spam.inference import load_classifier
+
+    classifier = load_classifier(args.model, batch_size=args.batch_size, device=args.device)
+    if args.texts:
+        lines = enumerate((t.encode("utf-8", "surrogateescape") for t in args.texts), start=1)
+    else:
+        lines = enumerate((line.removesuffix(b"\n").removesuffix(b"\r") for line in sys.stdin.buffer), start=1)
+    failed = False
+    # Read in chunks so that a long stream is answered as it goes, in bounded memory.
+    while chunk := list(itertools.islice(lines, args.chunk_size)):
+        answers: dict[int, dict] = {}
+        valid: list[tuple[int, str]] = []
+        for number, raw in chunk:
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                answers[number] = {"line": number, "error": f"invalid UTF-8 at byte {err.start}"}
+                continue
+            if not text.strip():
+                answers[number] = {"line": number, "error": "empty text"}
+                continue
+            valid.append((number, text))
+        for (number, _), prediction in zip(valid, classifier([t for _, t in valid]), strict=True):
+            answers[number] = prediction
+        for number, _ in chunk:
+            failed |= "error" in answers[number]
+            print(json.dumps(answers[number]), flush=False)
+        sys.stdout.flush()
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-spam", description="GPT-2 SMS spam classifiers on the Hugging Face stack."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="Obtain, verify, dedupe, balance and split the data; print a JSON report.")
+    data.add_argument("--data_file", help="A local label<TAB>text file instead of the SMS Spam Collection.")
+    data.add_argument("--cache_dir", help="Download cache (default: $HF_SPAM_CACHE or ~/.cache/hf_spam).")
+    data.add_argument("--data_urls", nargs="*", default=URLS, help="Zip archives to try, in order.")
+    data.add_argument("--download_timeout", type=float, default=30.0)
+    data.add_argument("--dedupe", action=argparse.BooleanOptionalAction, default=True, help="Drop duplicate texts.")
+    data.add_argument("--balance", choices=["undersample", "none"], default="undersample")
+    data.add_argument("--lenient", action="store_true", help="Skip malformed lines and count them.")
+    data.add_argument("--split_ratios", nargs=3, type=float, default=[0.7, 0.1, 0.2])
+    data.add_argument("--seed", type=int, default=123)
+
+    sub.add_parser(
+        "train", help="Fine-tune (all flags of hf_spam/train.py; see `hf-spam train --help`).", add_help=False
+    )
+
+    predict = sub.add_parser("predict", help="Classify texts (arguments, or one per line on stdin) as JSON lines.")
+    predict.add_argument("--model", required=True, help="A directory written by `hf-spam train` (or a Hub id).")
+    predict.add_argument("texts", nargs="*", help="Texts to classify; read from stdin, one per line, if none.")
+    predict.add_argument("--batch_size", type=int, default=32)
+    predict.add_argument("--chunk_size", type=int, default=1024, help="Lines read from stdin per batch of work.")
+    predict.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: pipeline's choice).")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:
+        from hf_spam.train import main as train_main
+
+        train_main(argv[1:])
+        return 0
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stderr)
+    if args.command == "data":
+        return data_command(args)
+    return predict_command(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Configuration: model, data and training dataclasses; a YAML file sets defaults, CLI flags override.
+
+    accelerate launch hf_spam/train.py --config configs/gpt2-small.yaml --num_train_epochs 2
+
+YAML keys are exactly the dataclass field names; an unknown key or flag is an error that names it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from hf_spam.data import URLS
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default="gpt2",
+        metadata={"help": "gpt2, gpt2-medium, gpt2-large, gpt2-xl, a Hub id, or a local checkpoint directory."},
+    )
+    init: str = field(
+        default="pretrained",
+        metadata={
+            "help": "pretrained: load the GPT-2 weights. random: the same architecture with random weights, "
+            "no download (the book's random-weights experiment; offline tests and benchmarks).",
+            "choices": ["pretrained", "random"],
+        },
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Tokenizer to load; defaults to model_name_or_path, or to the GPT-2 tokenizer bundled with "
+            "hf_spam when init is random."
+        },
+    )
+    trainable: str = field(
+        default="last_block",
+        metadata={
+            "help": "Which parameters train: last_block (last transformer block + final LayerNorm + head, the "
+            "book), last_layer (head only), last_two_blocks, all.",
+            "choices": ["last_block", "last_layer", "last_two_blocks", "all"],
+        },
+    )
+    dropout: float = field(default=0.0, metadata={"help": "Dropout in every GPT-2 layer (the book uses 0.0)."})
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "GPT2Config overrides for init: random, e.g. 'n_layer=2,n_head=2,n_embd=64'."},
+    )
+    model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit)."})
+
+
+@dataclass
+class DataArguments:
+    data_file: str | None = field(
+        default=None,
+        metadata={"help": "A local `label<TAB>text` file to use instead of the SMS Spam Collection download."},
+    )
+    data_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where downloads and tokenized splits are cached (default: $HF_SPAM_CACHE or ~/.cache/hf_spam)."
+        },
+    )
+    data_urls: list[str] = field(
+        default_factory=lambda: list(URLS),
+        metadata={"help": "Zip archives to try, in order, when nothing is cached."},
+    )
+    download_timeout: float = field(default=30.0, metadata={"help": "Seconds allowed for each download."})
+    lenient: bool = field(
+        default=False,
+        metadata={"help": "Skip malformed lines of the data file (and report them) instead of failing."},
+    )
+    dedupe: bool = field(
+        default=True,
+        metadata={"help": "Drop exact duplicate texts before splitting, so no message is in two splits."},
+    )
+    balance: str = field(
+        default="undersample",
+        metadata={
+            "help": "undersample: all spam + as many ham drawn with the seed (the book). none: natural ratio "
+            "(pair with class_weights: balanced).",
+            "choices": ["undersample", "none"],
+        },
+    )
+    split_ratios: list[float] = field(
+        default_factory=lambda: [0.7, 0.1, 0.2], metadata={"help": "train/validation/test fractions."}
+    )
+    max_length: int | None = field(
+        default=None, metadata={"help": "Truncate messages to this many tokens (default: the model context)."}
+    )
+    padding: str = field(
+        default="longest",
+        metadata={
+            "help": "longest: pad each batch to its longest message. max_length: the book's, every message "
+            "padded to the longest training message.",
+            "choices": ["longest", "max_length"],
+        },
+    )
+
+    def __post_init__(self):
+        if len(self.split_ratios) != 3 or abs(sum(self.split_ratios) - 1.0) > 1e-6:
+            raise ValueError(f"split_ratios must be three fractions summing to 1, got {self.split_ratios}")
+
+
+@dataclass
+class SpamTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with the book's recipe as defaults.
+
+    Defaults that differ from Transformers: `output_dir="outputs/gpt2-small"`, `num_train_epochs=5`,
+    `weight_decay=0.1`, `lr_scheduler_type="constant"`, `seed=123`, `eval_strategy="epoch"`,
+    `save_strategy="epoch"`, `logging_steps=50`, `ddp_find_unused_parameters=False`.
+    """
+
+    output_dir: str = field(default="outputs/gpt2-small", metadata={"help": "Where checkpoints and the model go."})
+    num_train_epochs: float = field(default=5.0, metadata={"help": "Epochs (the book: 5)."})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (the book: 0.1)."})
+    lr_scheduler_type: str = field(
+        default="constant", metadata={"help": "Learning-rate schedule (the book: constant)."}
+    )
+    seed: int = field(default=123, metadata={"help": "Seed for data balancing, splitting, init and training."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate on the validation split."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint."})
+    logging_steps: float = field(default=50, metadata={"help": "Log the training loss every this many steps."})
+    # Frozen layers get no gradient by design; DDP must not search for them every step.
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "Leave False: frozen parameters are expected to receive no gradient."}
+    )
+    class_weights: str | None = field(
+        default=None,
+        metadata={
+            "help": "balanced: weight the loss by inverse class frequency of the training split (for "
+            "balance: none); or two comma-separated weights 'ham,spam'.",
+        },
+    )
+
+
+ALL_ARGUMENTS = (ModelArguments, DataArguments, SpamTrainingArguments)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, SpamTrainingArguments]:
+    """Parse `--config FILE.yaml` (defaults) and CLI flags (overrides) into the three dataclasses."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path)
+    known, rest = pre.parse_known_args(argv)
+    parser = HfArgumentParser(ALL_ARGUMENTS)
+    if known.config is not None:
+        parser.set_defaults(**load_yaml(known.config))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=rest)
+    return model_args, data_args, training_args
+
+
+def load_yaml(path: Path) -> dict:
+    """Read a config file whose keys must all be fields of the argument dataclasses."""
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    with open(path, encoding="utf-8") as f:
+        values = yaml.safe_load(f) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of field names to values, got {type(values).__name__}")
+    known = {f.name for cls in ALL_ARGUMENTS for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; keys must be argument names (see --help)")
+    # argparse checks `choices` on the command line only, not on defaults, so check the file's values here.
+    for cls in ALL_ARGUMENTS:
+        for f in dataclasses.fields(cls):
+            choices = f.metadata.get("choices")
+            if choices and f.name in values and values[f.name] not in choices:
+                raise ValueError(f"{path}: {f.name} must be one of {choices}, got {values[f.name]!r}")
+    return values

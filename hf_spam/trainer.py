@@ -1,0 +1,73 @@
+"""`SpamTrainer`: a `Trainer` whose loss reads the logits of the last real token of each message."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position of the rightmost attended token of each row (right or left padding alike).
+
+    Taken from the mask, not by comparing ids with the pad id: GPT-2's pad id is its EOS id.
+    """
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    return (positions * attention_mask.to(positions.dtype)).argmax(-1)
+
+
+class _TokenLogits:
+    """Keeps the per-token logits that `score` computes inside the model's forward.
+
+    `GPT2ForSequenceClassification` pools them itself at the rightmost non-pad *id*; we want the position the
+    attention mask says. Reading them from a hook on `score` keeps the forward call on the (possibly
+    DDP-wrapped) model, so gradients are still synchronised, and costs no extra compute.
+    """
+
+    def __init__(self, score: torch.nn.Module):
+        self.value = None
+        self._handle = score.register_forward_hook(self._keep)
+
+    def _keep(self, module, args, output):
+        self.value = output
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+
+
+class SpamTrainer(Trainer):
+    """Cross-entropy on the logits of the last real token: the book's `calc_loss_batch`
+    (`model(x)[:, -1, :]`), done right for padded batches. Optional `class_weights` for unbalanced data."""
+
+    def __init__(self, *args, class_weights: torch.Tensor | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.class_weights = class_weights
+        # Gradient accumulation: we return the *sum* of per-example losses divided by `num_items_in_batch`,
+        # the number of examples in the whole accumulation window (counted over all processes). Each step then
+        # equals the mean over the equivalent large batch, even when the last window is short. Trainer only
+        # counts the window when it believes the model takes loss kwargs, and must not divide again.
+        self.model_accepts_loss_kwargs = True
+        self.loss_is_scaled_for_ga = True
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        with _TokenLogits(self.accelerator.unwrap_model(model).score) as token_logits:
+            model(**inputs)
+        rows = torch.arange(labels.shape[0], device=labels.device)
+        logits = token_logits.value[rows, last_token_index(inputs["attention_mask"])]
+        weight = None if self.class_weights is None else self.class_weights.to(logits)
+        loss = F.cross_entropy(logits.float(), labels, weight=weight, reduction="sum")
+        if num_items_in_batch is None:  # evaluation, or a caller that doesn't count: a plain mean
+            loss = loss / labels.shape[0]
+        else:
+            loss = loss / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                # Trainer counted the window over every process, and DDP averages gradients over processes:
+                # scale back up so each process contributes its sum / global count.
+                loss = loss * self.accelerator.num_processes
+        outputs = SequenceClassifierOutput(loss=loss, logits=logits)
+        return (loss, outputs) if return_outputs else loss
