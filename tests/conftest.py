@@ -1,0 +1,41 @@
+import os
+
+# Tests never touch the network: the Hub clients read these at import time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from hf_spam.data import bundled_data_file  # noqa: E402
+from hf_spam.modeling import bundled_tokenizer, load_model, load_tokenizer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_OVERRIDES = "n_layer=3,n_head=2,n_embd=16"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Each test gets its own download and tokenization cache."""
+    monkeypatch.setenv("HF_SPAM_CACHE", str(tmp_path / "hf_spam_cache"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return load_tokenizer(None, use_bundled=True)
+
+
+@pytest.fixture(scope="session")
+def canonical_file() -> Path:
+    return bundled_data_file()
+
+
+@pytest.fixture
+def tiny_model(tokenizer):
+    """A 3-block random GPT-2 with the real GPT-2 vocabulary, dropout 0."""
+    return load_model("gpt2", tokenizer, init="random", config_overrides=TINY_OVERRIDES)
+
+
+__all__ = ["ROOT", "TINY_OVERRIDES", "bundled_tokenizer"]

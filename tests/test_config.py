@@ -1,0 +1,58 @@
+import pytest
+
+from hf_spam.config import parse_args
+
+from .conftest import ROOT
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_yaml_sets_defaults_and_cli_flags_override(tmp_path):
+    config = _write(
+        tmp_path,
+        "model_name_or_path: gpt2-medium\nnum_train_epochs: 2\nlearning_rate: 1.0e-4\nbalance: none\n"
+        f"output_dir: {tmp_path / 'out'}\n",
+    )
+    model_args, data_args, training_args = parse_args(["--config", config, "--num_train_epochs", "7"])
+    assert model_args.model_name_or_path == "gpt2-medium"
+    assert data_args.balance == "none"
+    assert training_args.learning_rate == pytest.approx(1e-4)
+    assert training_args.num_train_epochs == 7
+
+
+def test_defaults_are_the_books_recipe(tmp_path):
+    model_args, data_args, args = parse_args(["--output_dir", str(tmp_path)])
+    assert (model_args.model_name_or_path, model_args.trainable, model_args.dropout) == ("gpt2", "last_block", 0.0)
+    assert (data_args.dedupe, data_args.balance, data_args.split_ratios) == (True, "undersample", [0.7, 0.1, 0.2])
+    assert args.num_train_epochs == 5 and args.per_device_train_batch_size == 8
+    assert args.learning_rate == pytest.approx(5e-5) and args.weight_decay == pytest.approx(0.1)
+    assert args.lr_scheduler_type == "constant" and args.seed == 123 and args.eval_strategy == "epoch"
+    assert args.ddp_find_unused_parameters is False
+
+
+def test_unknown_yaml_key_fails_with_its_name(tmp_path):
+    config = _write(tmp_path, "num_train_epochs: 2\nlearning_rat: 1.0e-4\n")
+    with pytest.raises(ValueError, match="learning_rat"):
+        parse_args(["--config", config])
+
+
+def test_unknown_cli_flag_fails_with_its_name(tmp_path):
+    with pytest.raises(ValueError, match="--no_such_flag"):
+        parse_args(["--output_dir", str(tmp_path), "--no_such_flag", "1"])
+
+
+def test_yaml_value_outside_choices_fails(tmp_path):
+    config = _write(tmp_path, "balance: oversample\n")
+    with pytest.raises(ValueError, match="balance must be one of"):
+        parse_args(["--config", config])
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_shipped_configs_parse(name):
+    model_args, _, training_args = parse_args(["--config", str(ROOT / "configs" / name)])
+    assert training_args.seed == 123
+    assert model_args.model_name_or_path.startswith("gpt2")
