@@ -131,6 +131,22 @@ class SpamTrainingArguments(TrainingArguments):
     ddp_find_unused_parameters: bool | None = field(
         default=False, metadata={"help": "Leave False: frozen parameters are expected to receive no gradient."}
     )
+    trunk_cache: bool = field(
+        default=True,
+        metadata={
+            "help": "Run the frozen blocks once per message and train the tail from their cached hidden states. "
+            "Used only where it is exact (trainable blocks last, no dropout in the frozen ones); False turns it off."
+        },
+    )
+    trunk_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "Precision of the one-off frozen-trunk pass: float32 (exact) or bfloat16 (faster where "
+            "supported, not exact).",
+            "choices": ["float32", "bfloat16"],
+        },
+    )
+    trunk_batch_size: int = field(default=64, metadata={"help": "Messages per batch in the frozen-trunk pass."})
     class_weights: str | None = field(
         default=None,
         metadata={

@@ -17,11 +17,12 @@ import transformers
 from transformers import DataCollatorWithPadding, set_seed
 
 from hf_spam.config import parse_args
-from hf_spam.data import LABELS, load_sms_spam, tokenize_splits
+from hf_spam.data import LABELS, default_cache_dir, load_sms_spam, tokenize_splits
 from hf_spam.inference import BOOK_EXAMPLES, load_classifier
 from hf_spam.metrics import compute_metrics
 from hf_spam.modeling import freeze, load_model, load_tokenizer
 from hf_spam.trainer import SpamTrainer
+from hf_spam.trunk_cache import FrozenTrunkTail, TrunkStates, cached_trunk_states, collate_trunk_states, frozen_prefix
 
 logger = logging.getLogger("hf_spam")
 
@@ -29,10 +30,12 @@ logger = logging.getLogger("hf_spam")
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_args(argv)
 
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, force=True)
+    # hf_spam reports what it does (data source, cache, parameter counts) at INFO on the main process;
+    # Transformers keeps its own level unless --log_level asks for another.
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING, force=True)
     log_level = training_args.get_process_log_level()
-    logger.setLevel(log_level)
     transformers.utils.logging.set_verbosity(log_level)
+    logger.setLevel(logging.INFO if training_args.should_log and training_args.log_level == "passive" else log_level)
     logger.info("Model arguments: %s", model_args)
     logger.info("Data arguments: %s", data_args)
     logger.info("Training arguments: %s", training_args)
@@ -78,14 +81,46 @@ def main(argv: list[str] | None = None) -> dict:
     with training_args.main_process_first(desc="tokenizing"):
         tokenized = tokenize_splits(splits, tokenizer, max_length, data_args.padding, data_args.data_cache_dir)
 
+    n_frozen, why_not = frozen_prefix(model) if training_args.trunk_cache else (0, "trunk_cache is false")
+    if n_frozen:
+        logger.info(
+            "Frozen-trunk cache on: blocks 0-%d run once per message, training starts at block %d",
+            n_frozen - 1,
+            n_frozen,
+        )
+        model.to(training_args.device)
+        with training_args.main_process_first(desc="frozen trunk pass"):
+            features = {
+                split: TrunkStates(
+                    cached_trunk_states(
+                        model,
+                        n_frozen,
+                        tokenized[split],
+                        cache_dir=data_args.data_cache_dir or default_cache_dir(),
+                        batch_size=training_args.trunk_batch_size,
+                        device=training_args.device,
+                        dtype=getattr(torch, training_args.trunk_dtype),
+                        name=split,
+                    ),
+                    tokenized[split]["label"],
+                )
+                for split in tokenized
+            }
+        train_model, collator = FrozenTrunkTail(model, n_frozen), collate_trunk_states
+    else:
+        logger.info("Frozen-trunk cache off: %s", why_not)
+        features, train_model, collator = tokenized, model, DataCollatorWithPadding(tokenizer)
+    # Evaluation batches are formed in length order: less padding, the same metrics.
+    eval_features = {split: length_sorted(features[split]) for split in features}
+
     # ---- trainer ----
     trainer = SpamTrainer(
-        model=model,
+        model=train_model,
         args=training_args,
-        train_dataset=tokenized["train"],
-        eval_dataset=tokenized["validation"],
+        train_dataset=features["train"],
+        eval_dataset=eval_features["validation"],
         processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
+        data_collator=collator,
         compute_metrics=compute_metrics,
         class_weights=class_weights(training_args.class_weights, report.split_labels["train"]),
     )
@@ -96,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- evaluate ----
     results = {}
     for split in ("train", "validation", "test"):
-        metrics = trainer.evaluate(tokenized[split], metric_key_prefix=split)
+        metrics = trainer.evaluate(eval_features[split], metric_key_prefix=split)
         trainer.log_metrics(split, metrics)
         results[split] = {k.removeprefix(f"{split}_"): v for k, v in metrics.items()}
         results[split]["confusion_matrix"] = [
@@ -117,6 +152,15 @@ def main(argv: list[str] | None = None) -> dict:
     if training_args.push_to_hub:
         trainer.push_to_hub(finetuned_from=model_args.model_name_or_path, tasks="text-classification")
     return summary
+
+
+def length_sorted(dataset):
+    """The same examples ordered by length (tokenized `datasets` split or `TrunkStates`)."""
+    if isinstance(dataset, TrunkStates):
+        lengths = [len(state) for state in dataset.states]
+    else:
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+    return dataset.select(sorted(range(len(lengths)), key=lengths.__getitem__))
 
 
 def class_weights(option: str | None, train_counts: dict[str, int]) -> torch.Tensor | None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from transformers import Trainer
 from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.trainer import TRAINING_ARGS_NAME
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -71,3 +74,21 @@ class SpamTrainer(Trainer):
                 loss = loss * self.accelerator.num_processes
         outputs = SequenceClassifierOutput(loss=loss, logits=logits)
         return (loss, outputs) if return_outputs else loss
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        # When training from cached trunk states the model is a `FrozenTrunkTail`; what we save (checkpoints,
+        # the final model, the Hub push) is always the whole `GPT2ForSequenceClassification` it trains.
+        classifier = getattr(self.accelerator.unwrap_model(self.model), "classifier", None)
+        if classifier is None:
+            return super()._save(output_dir, state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save:
+            classifier.save_pretrained(output_dir, is_main_process=True)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+            torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        # A checkpoint holds the whole classifier (see `_save`); load it into the classifier the tail shares.
+        model = model if model is not None else self.model
+        super()._load_from_checkpoint(resume_from_checkpoint, model=getattr(model, "classifier", model))

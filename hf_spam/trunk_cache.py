@@ -1,0 +1,230 @@
+"""Never recompute what is frozen: run the frozen trunk of GPT-2 once per message, train only the tail.
+
+With `trainable: last_block`, 11 of gpt2-small's 12 blocks are frozen and, with dropout 0, map a message to
+the same hidden states in every epoch. We run them once (no grad, eval mode, length-sorted batches), keep
+the hidden states that enter the first trainable block, one unpadded array per message, and train the tail
+(trainable blocks, `ln_f`, `score`) from them. Right padding plus the causal mask make this exact: a real
+token never attends to a pad, so its hidden states do not depend on how its batch was padded.
+
+The states are cached on disk (safetensors, one flat array + offsets per split) under a key made of the
+trunk's weights, the tokenized split's fingerprint and the settings, so a second run reuses them.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import GPT2ForSequenceClassification
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from hf_spam.trainer import last_token_index
+
+logger = logging.getLogger(__name__)
+
+
+def frozen_prefix(model: GPT2ForSequenceClassification) -> tuple[int, str | None]:
+    """How many leading blocks the trunk cache can take over, and why not if it can't (0, reason).
+
+    The cache is exact when every trainable parameter sits in the last blocks, `ln_f` or `score`, and the
+    frozen part has no active dropout (dropout would make its output differ from one epoch to the next).
+    """
+    transformer = model.transformer
+    if any(p.requires_grad for module in (transformer.wte, transformer.wpe) for p in module.parameters()):
+        return 0, "the embeddings are trainable"
+    trainable_blocks = [i for i, block in enumerate(transformer.h) if any(p.requires_grad for p in block.parameters())]
+    n_frozen = trainable_blocks[0] if trainable_blocks else len(transformer.h)
+    if trainable_blocks != list(range(n_frozen, len(transformer.h))):
+        return 0, f"the trainable blocks {trainable_blocks} are not the last ones"
+    if n_frozen == 0:
+        return 0, "every block is trainable"
+    config = model.config
+    dropouts = {"embd_pdrop": config.embd_pdrop, "attn_pdrop": config.attn_pdrop, "resid_pdrop": config.resid_pdrop}
+    active = {name: p for name, p in dropouts.items() if p > 0}
+    if active:
+        return 0, f"the frozen blocks have active dropout {active}"
+    return n_frozen, None
+
+
+def _trunk_includes_ln_f(model: GPT2ForSequenceClassification, n_frozen: int) -> bool:
+    return n_frozen == model.config.n_layer and not any(p.requires_grad for p in model.transformer.ln_f.parameters())
+
+
+def trunk_module(model: GPT2ForSequenceClassification, n_frozen: int) -> nn.Module:
+    """A view of `model.transformer` that stops after `n_frozen` blocks, sharing its weights.
+
+    It is GPT-2's own forward (embeddings, positions, causal mask), with the later blocks left out and
+    `ln_f` replaced by the identity unless it is frozen too.
+    """
+    trunk = copy.copy(model.transformer)
+    trunk._modules = dict(trunk._modules)  # a shallow copy would share (and let us edit) the original's dict
+    trunk.h = nn.ModuleList(list(model.transformer.h)[:n_frozen])
+    if not _trunk_includes_ln_f(model, n_frozen):
+        trunk.ln_f = nn.Identity()
+    return trunk
+
+
+def _trunk_fingerprint(model: GPT2ForSequenceClassification, n_frozen: int, dtype: torch.dtype) -> str:
+    digest = hashlib.sha256(f"{n_frozen}|{dtype}|{_trunk_includes_ln_f(model, n_frozen)}".encode())
+    digest.update(model.config.to_json_string(use_diff=False).encode())
+    for name, tensor in trunk_module(model, n_frozen).state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+@torch.no_grad()
+def compute_trunk_states(
+    model: GPT2ForSequenceClassification,
+    n_frozen: int,
+    input_ids: list[list[int]],
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    desc: str = "Frozen trunk",
+) -> list[torch.Tensor]:
+    """Hidden states entering block `n_frozen` for each message, unpadded: `[len_i, n_embd]` each, float32.
+
+    Batches are sorted by length so that little is padded; `dtype=torch.bfloat16` runs the trunk under
+    autocast where the device supports it (faster, not exact).
+    """
+    trunk = trunk_module(model, n_frozen)
+    was_training = trunk.training
+    trunk.eval()
+    order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]))
+    states: list[torch.Tensor | None] = [None] * len(input_ids)
+    device = torch.device(device)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not logger.isEnabledFor(logging.INFO)):
+        index = order[start : start + batch_size]
+        width = max(len(input_ids[i]) for i in index)
+        ids = torch.zeros(len(index), width, dtype=torch.long)
+        mask = torch.zeros(len(index), width, dtype=torch.long)
+        for row, i in enumerate(index):
+            ids[row, : len(input_ids[i])] = torch.tensor(input_ids[i])
+            mask[row, : len(input_ids[i])] = 1
+        with autocast:
+            hidden = trunk(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+        hidden = hidden.float().cpu()
+        for row, i in enumerate(index):
+            states[i] = hidden[row, : len(input_ids[i])].clone()
+    trunk.train(was_training)
+    return states
+
+
+def cached_trunk_states(
+    model: GPT2ForSequenceClassification,
+    n_frozen: int,
+    split,
+    cache_dir: str | os.PathLike,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    name: str = "split",
+) -> list[torch.Tensor]:
+    """`compute_trunk_states` for a tokenized `datasets` split, through the on-disk cache."""
+    key = hashlib.sha256(f"{_trunk_fingerprint(model, n_frozen, dtype)}|{split._fingerprint}".encode()).hexdigest()
+    path = Path(cache_dir) / "trunk" / f"{key[:24]}.safetensors"
+    if path.is_file():
+        stored = load_file(path)
+        offsets = stored["offsets"].tolist()
+        logger.info("Frozen trunk states for %s loaded from %s", name, path)
+        return [stored["states"][a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    states = compute_trunk_states(
+        model, n_frozen, split["input_ids"], batch_size, device, dtype, desc=f"Frozen trunk ({name})"
+    )
+    lengths = torch.tensor([0] + [len(s) for s in states])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside the target and renamed, so a killed run never leaves a partial file that a later run trusts.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
+    os.close(fd)
+    try:
+        save_file({"states": torch.cat(states), "offsets": lengths.cumsum(0)}, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    logger.info("Frozen trunk states for %s cached at %s", name, path)
+    return states
+
+
+class TrunkStates(torch.utils.data.Dataset):
+    """Cached trunk states and labels, one message per item."""
+
+    def __init__(self, states: list[torch.Tensor], labels: list[int]):
+        if len(states) != len(labels):
+            raise ValueError(f"{len(states)} trunk states for {len(labels)} labels")
+        self.states, self.labels = states, labels
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"hidden_states": self.states[i], "labels": self.labels[i]}
+
+    def select(self, indices) -> TrunkStates:
+        return TrunkStates([self.states[i] for i in indices], [self.labels[i] for i in indices])
+
+
+def collate_trunk_states(features: list[dict]) -> dict[str, torch.Tensor]:
+    """Right-pad a batch of trunk states to its longest message."""
+    width = max(len(f["hidden_states"]) for f in features)
+    dim = features[0]["hidden_states"].shape[-1]
+    hidden = torch.zeros(len(features), width, dim)
+    mask = torch.zeros(len(features), width, dtype=torch.long)
+    for row, f in enumerate(features):
+        hidden[row, : len(f["hidden_states"])] = f["hidden_states"]
+        mask[row, : len(f["hidden_states"])] = 1
+    return {
+        "hidden_states": hidden,
+        "attention_mask": mask,
+        "labels": torch.tensor([f["labels"] for f in features]),
+    }
+
+
+class FrozenTrunkTail(nn.Module):
+    """The trainable tail of a `GPT2ForSequenceClassification`: blocks `n_frozen:`, `ln_f`, `score`.
+
+    It shares its parameters with `classifier`, which is what gets saved: training the tail trains the
+    classifier.
+    """
+
+    def __init__(self, classifier: GPT2ForSequenceClassification, n_frozen: int):
+        super().__init__()
+        self.classifier = classifier
+        self.n_frozen = n_frozen
+        self.apply_ln_f = not _trunk_includes_ln_f(classifier, n_frozen)
+
+    @property
+    def score(self) -> nn.Module:
+        return self.classifier.score
+
+    @property
+    def config(self):
+        return self.classifier.config
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, labels=None, **kwargs):
+        transformer = self.classifier.transformer
+        position_ids = torch.arange(hidden_states.shape[1], device=hidden_states.device).unsqueeze(0)
+        causal_mask = create_causal_mask(
+            config=self.classifier.config,
+            inputs_embeds=hidden_states,
+            attention_mask=attention_mask,
+            past_key_values=None,
+            position_ids=position_ids,
+        )
+        for block in transformer.h[self.n_frozen :]:
+            hidden_states = block(hidden_states, None, causal_mask, None, use_cache=False, position_ids=position_ids)
+        if self.apply_ln_f:
+            hidden_states = transformer.ln_f(hidden_states)
+        token_logits = self.classifier.score(hidden_states)
+        rows = torch.arange(token_logits.shape[0], device=token_logits.device)
+        return SequenceClassifierOutput(logits=token_logits[rows, last_token_index(attention_mask)])

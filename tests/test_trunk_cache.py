@@ -1,0 +1,150 @@
+import pytest
+import torch
+from datasets import Dataset
+from transformers import DataCollatorWithPadding, GPT2ForSequenceClassification
+
+from hf_spam import trunk_cache
+from hf_spam.config import SpamTrainingArguments
+from hf_spam.modeling import freeze, load_model
+from hf_spam.trainer import SpamTrainer
+from hf_spam.trunk_cache import (
+    FrozenTrunkTail,
+    TrunkStates,
+    cached_trunk_states,
+    collate_trunk_states,
+    compute_trunk_states,
+    frozen_prefix,
+)
+
+from .conftest import TINY_OVERRIDES
+from .test_trainer import MESSAGES
+
+
+def _tokenized(tokenizer, n=20):
+    texts = [m + " " + "x" * (i % 7) for i, m in enumerate((MESSAGES * 2)[:n])]
+    return Dataset.from_dict({**tokenizer(texts), "label": [int(i % 4 != 0) for i in range(n)]})
+
+
+def _args(tmp_path, **overrides):
+    defaults = dict(
+        output_dir=str(tmp_path),
+        report_to="none",
+        save_strategy="no",
+        eval_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        use_cpu=True,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        num_train_epochs=2,
+    )
+    return SpamTrainingArguments(**{**defaults, **overrides})
+
+
+@pytest.mark.parametrize(
+    "trainable, n_frozen", [("last_layer", 3), ("last_block", 2), ("last_two_blocks", 1), ("all", 0)]
+)
+def test_cache_covers_exactly_the_frozen_leading_blocks(tiny_model, trainable, n_frozen):
+    freeze(tiny_model, trainable)
+    found, reason = frozen_prefix(tiny_model)
+    assert found == n_frozen
+    assert (reason is None) == (n_frozen > 0)
+
+
+def test_cache_is_off_when_frozen_blocks_have_dropout(tokenizer):
+    model = load_model("gpt2", tokenizer, init="random", config_overrides=TINY_OVERRIDES, dropout=0.1)
+    freeze(model, "last_block")
+    n_frozen, reason = frozen_prefix(model)
+    assert n_frozen == 0 and "dropout" in reason
+
+
+def test_cache_is_off_when_a_middle_block_trains(tiny_model):
+    freeze(tiny_model, "last_block")
+    for p in tiny_model.transformer.h[0].parameters():
+        p.requires_grad = True
+    n_frozen, reason = frozen_prefix(tiny_model)
+    assert n_frozen == 0 and "not the last" in reason
+
+
+@pytest.mark.parametrize("trainable", ["last_layer", "last_block", "last_two_blocks"])
+def test_cached_path_gives_the_full_forward_logits_and_loss(tiny_model, tokenizer, tmp_path, trainable):
+    freeze(tiny_model, trainable)
+    n_frozen, _ = frozen_prefix(tiny_model)
+    data = _tokenized(tokenizer, 8)
+    tiny_model.eval()
+    full_batch = DataCollatorWithPadding(tokenizer)([dict(r) for r in data])
+    states = compute_trunk_states(tiny_model, n_frozen, data["input_ids"], batch_size=3)
+    tail_batch = collate_trunk_states(list(TrunkStates(states, data["label"])))
+    trainer = SpamTrainer(model=tiny_model, args=_args(tmp_path))
+    with torch.no_grad():
+        full_loss, full_out = trainer.compute_loss(tiny_model, dict(full_batch), return_outputs=True)
+        tail = FrozenTrunkTail(tiny_model, n_frozen)
+        tail_loss, tail_out = trainer.compute_loss(tail, dict(tail_batch), return_outputs=True)
+    assert torch.allclose(full_out.logits, tail_out.logits, atol=1e-5)
+    assert torch.allclose(full_loss, tail_loss, atol=1e-5)
+
+
+def test_training_from_the_cache_matches_training_without_it(tokenizer, tmp_path):
+    data = _tokenized(tokenizer, 20)
+    trained = {}
+    for use_cache in (False, True):
+        torch.manual_seed(0)
+        model = load_model("gpt2", tokenizer, init="random", config_overrides=TINY_OVERRIDES)
+        freeze(model, "last_block")
+        if use_cache:
+            n_frozen, _ = frozen_prefix(model)
+            states = compute_trunk_states(model, n_frozen, data["input_ids"])
+            train_model, features, collator = (
+                FrozenTrunkTail(model, n_frozen),
+                TrunkStates(states, data["label"]),
+                collate_trunk_states,
+            )
+        else:
+            train_model, features, collator = model, data, DataCollatorWithPadding(tokenizer)
+        trainer = SpamTrainer(
+            model=train_model,
+            args=_args(tmp_path / str(use_cache)),
+            train_dataset=features,
+            data_collator=collator,
+            processing_class=tokenizer,
+        )
+        trainer.train()
+        assert trainer.state.global_step == 10
+        predictions = trainer.predict(features).predictions
+        trained[use_cache] = ({n: p.detach().clone() for n, p in model.named_parameters()}, predictions)
+    (plain_weights, plain_pred), (cached_weights, cached_pred) = trained[False], trained[True]
+    for name, weight in plain_weights.items():
+        assert torch.allclose(weight, cached_weights[name], atol=1e-6), name
+    assert (plain_pred.argmax(-1) == cached_pred.argmax(-1)).all()
+    assert torch.allclose(torch.as_tensor(plain_pred), torch.as_tensor(cached_pred), atol=1e-5)
+
+
+def test_states_are_cached_on_disk_and_reused(tiny_model, tokenizer, tmp_path, monkeypatch):
+    freeze(tiny_model, "last_block")
+    data = _tokenized(tokenizer, 6)
+    first = cached_trunk_states(tiny_model, 2, data, cache_dir=tmp_path)
+    assert len(list((tmp_path / "trunk").glob("*.safetensors"))) == 1
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the trunk ran again although its states were cached")
+
+    monkeypatch.setattr(trunk_cache, "compute_trunk_states", must_not_run)
+    second = cached_trunk_states(tiny_model, 2, data, cache_dir=tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    assert [len(s) for s in first] == [len(ids) for ids in data["input_ids"]]
+
+    monkeypatch.undo()
+    with torch.no_grad():
+        tiny_model.transformer.h[0].mlp.c_fc.weight.add_(0.01)  # other trunk weights: another cache entry
+    cached_trunk_states(tiny_model, 2, data, cache_dir=tmp_path)
+    assert len(list((tmp_path / "trunk").glob("*.safetensors"))) == 2
+
+
+def test_saving_a_tail_saves_the_whole_classifier(tiny_model, tokenizer, tmp_path):
+    freeze(tiny_model, "last_block")
+    tail = FrozenTrunkTail(tiny_model, 2)
+    trainer = SpamTrainer(model=tail, args=_args(tmp_path), processing_class=tokenizer)
+    trainer.save_model(str(tmp_path / "saved"))
+    reloaded = GPT2ForSequenceClassification.from_pretrained(tmp_path / "saved", use_safetensors=True)
+    for name, weight in tiny_model.state_dict().items():
+        assert torch.equal(weight, reloaded.state_dict()[name]), name
