@@ -8,6 +8,7 @@ second identical run loads them instead of recomputing.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import json
 import logging
@@ -114,7 +115,8 @@ def _fetch(url: str, timeout: float) -> bytes:
                 buffer.write(chunk)
                 if time.monotonic() > deadline:
                     raise DownloadError(f"{url}: download took longer than {timeout:g}s")
-    except (urllib.error.URLError, OSError) as err:  # HTTPError, refused, DNS, socket timeout, reset
+    # HTTPError, refused, DNS, socket timeout, reset; HTTPException: a chunked transfer cut short, a bad status line
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
         if isinstance(err, DownloadError):
             raise
         raise DownloadError(f"{url}: {err}") from err
@@ -367,7 +369,14 @@ def load_sms_spam(
 
 
 def _tokenizer_fingerprint(tokenizer) -> str:
-    state = tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else repr(tokenizer)
+    if hasattr(tokenizer, "backend_tokenizer"):
+        # The backend records the truncation/padding of the last call; that transient state must not change the
+        # key (max_length is part of it anyway), or a repeated call in the same process misses the cache.
+        backend = json.loads(tokenizer.backend_tokenizer.to_str())
+        backend["truncation"] = backend["padding"] = None
+        state = json.dumps(backend)
+    else:
+        state = repr(tokenizer)
     return hashlib.sha256(f"{state}|{tokenizer.pad_token_id}|{tokenizer.padding_side}".encode()).hexdigest()[:16]
 
 
