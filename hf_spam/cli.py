@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--split_ratios", nargs=3, type=float, default=[0.7, 0.1, 0.2])
     data.add_argument("--seed", type=int, default=123)
 
+    sub.add_parser("bench", help="Time the book's loop, plain Trainer and hf_spam (see `hf-spam bench --help`).")
     sub.add_parser(
         "train", help="Fine-tune (all flags of hf_spam/train.py; see `hf-spam train --help`).", add_help=False
     )
@@ -100,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
 
         train_main(argv[1:])
         return 0
+    if argv[:1] == ["bench"]:
+        from hf_spam.bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stderr)
     if args.command == "data":

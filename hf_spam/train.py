@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
                         dtype=getattr(torch, training_args.trunk_dtype),
                         name=split,
                     ),
-                    tokenized[split]["label"],
+                    list(tokenized[split]["label"]),
                 )
                 for split in tokenized
             }

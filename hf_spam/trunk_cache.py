@@ -140,7 +140,7 @@ def cached_trunk_states(
         logger.info("Frozen trunk states for %s loaded from %s", name, path)
         return [stored["states"][a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
     states = compute_trunk_states(
-        model, n_frozen, split["input_ids"], batch_size, device, dtype, desc=f"Frozen trunk ({name})"
+        model, n_frozen, list(split["input_ids"]), batch_size, device, dtype, desc=f"Frozen trunk ({name})"
     )
     lengths = torch.tensor([0] + [len(s) for s in states])
     path.parent.mkdir(parents=True, exist_ok=True)

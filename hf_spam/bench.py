@@ -1,0 +1,236 @@
+"""`hf-spam bench`: the same training work done three ways, and the floor, timed in one run on one machine.
+
+    (a) book     every message padded to the longest training message, full forward every step, no cache
+    (b) dynamic  Trainer with per-batch padding, full forward every step, no cache
+    (c) hf_spam  the default: frozen-trunk cache, per-batch padding
+    (d) floor    one no-grad, length-sorted forward of the whole model over every message of the splits
+
+Each training variant runs `hf_spam.train` in its own process (so peak RSS is its own), with its own empty
+cache directory (so (c) pays for its trunk pass), and then classifies the test split from the saved model so
+that (b) and (c) can be compared prediction by prediction. Prediction throughput compares `hf-spam predict`
+over the whole collection with a plain `pipeline()` called one message at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+FULL = {
+    "model_name_or_path": "gpt2",
+    "init": "random",
+    "trainable": "last_block",
+    "num_train_epochs": "5",
+    "per_device_train_batch_size": "8",
+    "per_device_eval_batch_size": "8",
+    "learning_rate": "5e-5",
+    "weight_decay": "0.1",
+    "lr_scheduler_type": "constant",
+    "seed": "123",
+    "eval_strategy": "epoch",
+    "save_strategy": "no",
+    "logging_steps": "50",
+    "disable_tqdm": "true",
+    "report_to": "none",
+}
+QUICK = {**FULL, "config_overrides": "n_layer=4,n_head=4,n_embd=64", "num_train_epochs": "1"}
+VARIANTS = {
+    "a_book": {"padding": "max_length", "trunk_cache": "false"},
+    "b_dynamic": {"padding": "longest", "trunk_cache": "false"},
+    "c_hf_spam": {},
+    "c_hf_spam_bf16_trunk": {"trunk_dtype": "bfloat16"},
+}
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def run_variant(settings: dict, out: Path) -> None:
+    """In a child process: train, evaluate and save with `settings`, then record time, memory, predictions."""
+    from hf_spam.data import load_sms_spam
+    from hf_spam.inference import load_classifier
+    from hf_spam.train import main as train_main
+
+    argv = [arg for key, value in settings.items() for arg in (f"--{key}", value)]
+    start = time.perf_counter()
+    summary = train_main(argv)
+    seconds = time.perf_counter() - start
+    peak = _peak_rss_mb()
+    splits, _ = load_sms_spam(seed=int(settings["seed"]))
+    predictions = load_classifier(settings["output_dir"], batch_size=32)(list(splits["test"]["text"]))
+    report = {
+        "seconds": round(seconds, 2),
+        "peak_rss_mb": round(peak, 1),
+        "train_runtime_s": round(summary["train"]["train_runtime"], 2),
+        "test_accuracy": summary["metrics"]["test"]["accuracy"],
+        "test_f1": summary["metrics"]["test"]["f1"],
+        "test_confusion_matrix": summary["metrics"]["test"]["confusion_matrix"],
+        "test_predictions": predictions,
+    }
+    out.write_text(json.dumps(report))
+
+
+def _child(name: str, settings: dict, workdir: Path) -> dict:
+    out = workdir / f"{name}.json"
+    env = {**os.environ, "HF_SPAM_CACHE": str(workdir / f"cache-{name}")}
+    settings = {**settings, "output_dir": str(workdir / name)}
+    command = [sys.executable, "-m", "hf_spam.bench", "--_variant", json.dumps(settings), "--_out", str(out)]
+    print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())
+
+
+def _train_tokens(settings: dict) -> int:
+    """Real (non-pad) tokens one epoch of the training split holds."""
+    from hf_spam.data import load_sms_spam
+    from hf_spam.modeling import load_tokenizer
+
+    splits, _ = load_sms_spam(seed=int(settings["seed"]))
+    tokenizer = load_tokenizer(None, use_bundled=True)
+    encoded = tokenizer(list(splits["train"]["text"]), truncation=True, max_length=1024, split_special_tokens=True)
+    return sum(len(ids) for ids in encoded["input_ids"])
+
+
+@torch.no_grad()
+def floor(settings: dict) -> dict:
+    """(d): one no-grad forward of the whole model over every message of the splits, sorted by length."""
+    from hf_spam.data import load_sms_spam
+    from hf_spam.modeling import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(None, use_bundled=True)
+    splits, _ = load_sms_spam(seed=int(settings["seed"]))
+    texts = [t for split in splits.values() for t in split["text"]]
+    model = load_model("gpt2", tokenizer, init="random", config_overrides=settings.get("config_overrides")).eval()
+    encoded = tokenizer(texts, truncation=True, max_length=model.config.n_positions, split_special_tokens=True)
+    ids = sorted(encoded["input_ids"], key=len)
+    start = time.perf_counter()
+    for i in range(0, len(ids), 64):
+        batch = tokenizer.pad({"input_ids": ids[i : i + 64]}, return_tensors="pt")
+        model(**batch)
+    seconds = time.perf_counter() - start
+    tokens = sum(map(len, ids))
+    return {
+        "seconds": round(seconds, 2),
+        "messages": len(ids),
+        "tokens": tokens,
+        "tokens_per_s": round(tokens / seconds),
+    }
+
+
+def prediction_throughput(model_dir: str, n_messages: int | None) -> dict:
+    """`hf-spam predict` over the collection (stdin, one per line) against `pipeline()` one message at a time."""
+    from transformers import pipeline
+
+    from hf_spam.data import bundled_data_file
+
+    texts = [line.split("\t", 1)[1] for line in bundled_data_file().read_text(encoding="utf-8").splitlines()]
+    texts = texts[:n_messages] if n_messages else texts
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "hf_spam.cli", "predict", "--model", model_dir],
+        input="\n".join(texts).encode(),
+        capture_output=True,
+        check=True,
+    )
+    cli_seconds = time.perf_counter() - start
+    cli_labels = [json.loads(line)["label"] for line in result.stdout.decode().splitlines()]
+
+    classifier = pipeline("text-classification", model=model_dir, model_kwargs={"use_safetensors": True})
+    start = time.perf_counter()
+    one_by_one = [classifier(text, truncation=True, max_length=1024)[0]["label"] for text in texts]
+    pipeline_seconds = time.perf_counter() - start
+    return {
+        "messages": len(texts),
+        "hf_spam_predict_s": round(cli_seconds, 2),
+        "hf_spam_predict_msgs_per_s": round(len(texts) / cli_seconds, 1),
+        "pipeline_one_at_a_time_s": round(pipeline_seconds, 2),
+        "pipeline_one_at_a_time_msgs_per_s": round(len(texts) / pipeline_seconds, 1),
+        "speedup": round(pipeline_seconds / cli_seconds, 2),
+        "same_labels": sum(a == b for a, b in zip(cli_labels, one_by_one, strict=True)),
+    }
+
+
+def bench(quick: bool, workdir: Path) -> dict:
+    settings = QUICK if quick else FULL
+    report = {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        },
+        "quick": quick,
+        "settings": settings,
+        "variants": {},
+    }
+    variants = VARIANTS if not quick else {k: v for k, v in VARIANTS.items() if "bf16" not in k}
+    for name, overrides in variants.items():
+        report["variants"][name] = _child(name, {**settings, **overrides}, workdir)
+    tokens = _train_tokens(settings) * float(settings["num_train_epochs"])
+    for result in report["variants"].values():
+        result["train_tokens_per_s"] = round(tokens / result["train_runtime_s"])
+    print("[bench] d_floor ...", file=sys.stderr, flush=True)
+    report["variants"]["d_floor"] = floor(settings)
+
+    b, c = report["variants"]["b_dynamic"], report["variants"]["c_hf_spam"]
+    pairs = list(zip(b.pop("test_predictions"), c.pop("test_predictions"), strict=True))
+    report["b_vs_c"] = {
+        "test_messages": len(pairs),
+        "identical_labels": sum(x["label"] == y["label"] for x, y in pairs),
+        "max_score_difference": max(abs(x["score"] - y["score"]) for x, y in pairs),
+    }
+    for result in report["variants"].values():
+        result.pop("test_predictions", None)
+    print("[bench] prediction throughput ...", file=sys.stderr, flush=True)
+    report["predict"] = prediction_throughput(str(workdir / "c_hf_spam"), 300 if quick else None)
+
+    a, d = report["variants"]["a_book"], report["variants"]["d_floor"]
+    report["ratios"] = {
+        "a_over_c": round(a["seconds"] / c["seconds"], 2),
+        "c_over_d": round(c["seconds"] / d["seconds"], 2),
+        "predict_speedup": report["predict"]["speedup"],
+    }
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hf-spam bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="A tiny model and 1 epoch: under a minute, for CI.")
+    parser.add_argument("--workdir", type=Path, help="Where runs write (default: a temporary directory).")
+    parser.add_argument("--output", type=Path, help="Also write the JSON report here.")
+    parser.add_argument("--_variant", help=argparse.SUPPRESS)
+    parser.add_argument("--_out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args._variant:
+        run_variant(json.loads(args._variant), args._out)
+        return 0
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is built locally: never wait on the Hub
+    with tempfile.TemporaryDirectory(prefix="hf_spam_bench_") as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        report = bench(args.quick, workdir)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.output:
+        args.output.write_text(text + "\n")
+    r = report["ratios"]
+    print(f"a/c = {r['a_over_c']}x  c/d = {r['c_over_d']}x  predict speedup = {r['predict_speedup']}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
