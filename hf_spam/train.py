@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
 def length_sorted(dataset):
     """The same examples ordered by length (tokenized `datasets` split or `TrunkStates`)."""
     if isinstance(dataset, TrunkStates):
-        lengths = [len(state) for state in dataset.states]
+        lengths = dataset.lengths()
     else:
         lengths = [len(ids) for ids in dataset["input_ids"]]
     return dataset.select(sorted(range(len(lengths)), key=lengths.__getitem__))

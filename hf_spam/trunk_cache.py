@@ -19,8 +19,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import GPT2ForSequenceClassification
@@ -130,48 +130,82 @@ def cached_trunk_states(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     name: str = "split",
-) -> list[torch.Tensor]:
-    """`compute_trunk_states` for a tokenized `datasets` split, through the on-disk cache."""
+) -> TrunkStateStore:
+    """`compute_trunk_states` for a tokenized `datasets` split, through the on-disk cache.
+
+    The states are stored as one flat `[tokens, n_embd]` float32 array (`.npy`) plus offsets and read back
+    memory-mapped, so a split larger than RAM trains from the page cache.
+    """
     key = hashlib.sha256(f"{_trunk_fingerprint(model, n_frozen, dtype)}|{split._fingerprint}".encode()).hexdigest()
-    path = Path(cache_dir) / "trunk" / f"{key[:24]}.safetensors"
-    if path.is_file():
-        stored = load_file(path)
-        offsets = stored["offsets"].tolist()
+    path = Path(cache_dir) / "trunk" / f"{key[:24]}.npy"
+    offsets_path = path.with_suffix(".offsets.npy")
+    if path.is_file() and offsets_path.is_file():
         logger.info("Frozen trunk states for %s loaded from %s", name, path)
-        return [stored["states"][a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+        return TrunkStateStore(path, offsets_path)
     states = compute_trunk_states(
         model, n_frozen, list(split["input_ids"]), batch_size, device, dtype, desc=f"Frozen trunk ({name})"
     )
-    lengths = torch.tensor([0] + [len(s) for s in states])
+    offsets = np.cumsum([0] + [len(s) for s in states])
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside the target and renamed, so a killed run never leaves a partial file that a later run trusts.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
-    os.close(fd)
-    try:
-        save_file({"states": torch.cat(states), "offsets": lengths.cumsum(0)}, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    # Offsets first, states last: the states file is what marks an entry complete, and each is written beside
+    # its target and renamed, so a killed run never leaves a partial file that a later run trusts.
+    for target, array in ((offsets_path, offsets), (path, torch.cat(states).numpy())):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, array)
+            os.replace(tmp, target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
     logger.info("Frozen trunk states for %s cached at %s", name, path)
-    return states
+    return TrunkStateStore(path, offsets_path)
+
+
+class TrunkStateStore:
+    """Read-only, memory-mapped per-message trunk states: `store[i]` is a `[len_i, n_embd]` tensor."""
+
+    def __init__(self, path: str | os.PathLike, offsets_path: str | os.PathLike):
+        self.array = np.load(path, mmap_mode="r")
+        self.offsets = np.load(offsets_path)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if not 0 <= i < len(self):
+            raise IndexError(f"trunk state {i} of {len(self)}")
+        return torch.from_numpy(np.array(self.array[self.offsets[i] : self.offsets[i + 1]]))
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
 
 
 class TrunkStates(torch.utils.data.Dataset):
     """Cached trunk states and labels, one message per item."""
 
-    def __init__(self, states: list[torch.Tensor], labels: list[int]):
+    def __init__(
+        self, states: TrunkStateStore | list[torch.Tensor], labels: list[int], index: list[int] | None = None
+    ):
         if len(states) != len(labels):
             raise ValueError(f"{len(states)} trunk states for {len(labels)} labels")
         self.states, self.labels = states, labels
+        self.index = list(range(len(labels))) if index is None else index
+
+    def lengths(self) -> list[int]:
+        if isinstance(self.states, TrunkStateStore):
+            offsets = self.states.offsets
+            return [int(offsets[i + 1] - offsets[i]) for i in self.index]
+        return [len(self.states[i]) for i in self.index]
 
     def __len__(self) -> int:
-        return len(self.states)
+        return len(self.index)
 
     def __getitem__(self, i: int) -> dict:
-        return {"hidden_states": self.states[i], "labels": self.labels[i]}
+        return {"hidden_states": self.states[self.index[i]], "labels": self.labels[self.index[i]]}
 
     def select(self, indices) -> TrunkStates:
-        return TrunkStates([self.states[i] for i in indices], [self.labels[i] for i in indices])
+        """A view of some examples, in the order given (as `datasets.Dataset.select`)."""
+        return TrunkStates(self.states, self.labels, [self.index[i] for i in indices])
 
 
 def collate_trunk_states(features: list[dict]) -> dict[str, torch.Tensor]:

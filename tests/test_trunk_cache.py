@@ -123,7 +123,7 @@ def test_states_are_cached_on_disk_and_reused(tiny_model, tokenizer, tmp_path, m
     freeze(tiny_model, "last_block")
     data = _tokenized(tokenizer, 6)
     first = cached_trunk_states(tiny_model, 2, data, cache_dir=tmp_path)
-    assert len(list((tmp_path / "trunk").glob("*.safetensors"))) == 1
+    assert len(list((tmp_path / "trunk").glob("*.offsets.npy"))) == 1
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("the trunk ran again although its states were cached")
@@ -132,12 +132,14 @@ def test_states_are_cached_on_disk_and_reused(tiny_model, tokenizer, tmp_path, m
     second = cached_trunk_states(tiny_model, 2, data, cache_dir=tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
     assert [len(s) for s in first] == [len(ids) for ids in data["input_ids"]]
+    direct = compute_trunk_states(tiny_model, 2, list(data["input_ids"]))
+    assert all(torch.equal(a, b) for a, b in zip(first, direct, strict=True))
 
     monkeypatch.undo()
     with torch.no_grad():
         tiny_model.transformer.h[0].mlp.c_fc.weight.add_(0.01)  # other trunk weights: another cache entry
     cached_trunk_states(tiny_model, 2, data, cache_dir=tmp_path)
-    assert len(list((tmp_path / "trunk").glob("*.safetensors"))) == 2
+    assert len(list((tmp_path / "trunk").glob("*.offsets.npy"))) == 2
 
 
 def test_saving_a_tail_saves_the_whole_classifier(tiny_model, tokenizer, tmp_path):
