@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import sys
+from pathlib import Path
 
 from hf_spam.data import URLS, DataFormatError, DataIntegrityError, DownloadError, load_sms_spam
 
@@ -63,6 +64,24 @@ def predict_command(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def push_command(args: argparse.Namespace) -> int:
+    from hf_spam.hub import push_output_dir
+    from hf_spam.model_card import SpamModelCardData, write_model_card
+
+    summary_path = Path(args.output_dir) / "metrics.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if "model_card" in summary:  # re-render so that the card's name and usage snippet are the repo id
+        card = SpamModelCardData(**{**summary["model_card"], "model_id": args.repo_id})
+        write_model_card(args.output_dir, card)
+    try:
+        url = push_output_dir(args.output_dir, args.repo_id, private=args.private)
+    except (FileNotFoundError, PermissionError) as err:
+        print(f"hf-spam push: {err}", file=sys.stderr)
+        return 2
+    print(url)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-spam", description="GPT-2 SMS spam classifiers on the Hugging Face stack."
@@ -85,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="Fine-tune (all flags of hf_spam/train.py; see `hf-spam train --help`).", add_help=False
     )
 
+    push = sub.add_parser("push", help="Push a trained output directory (model, tokenizer, card) to the Hub.")
+    push.add_argument("output_dir", help="A directory written by `hf-spam train`.")
+    push.add_argument("--repo-id", "--repo_id", dest="repo_id", required=True, help="user/name on the Hub.")
+    push.add_argument("--private", action="store_true", default=None, help="Create the repository private.")
+
     predict = sub.add_parser("predict", help="Classify texts (arguments, or one per line on stdin) as JSON lines.")
     predict.add_argument("--model", required=True, help="A directory written by `hf-spam train` (or a Hub id).")
     predict.add_argument("texts", nargs="*", help="Texts to classify; read from stdin, one per line, if none.")
@@ -97,10 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train"]:
-        from hf_spam.train import main as train_main
+        from hf_spam.train import run
 
-        train_main(argv[1:])
-        return 0
+        return run(argv[1:])
     if argv[:1] == ["bench"]:
         from hf_spam.bench import main as bench_main
 
@@ -109,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stderr)
     if args.command == "data":
         return data_command(args)
+    if args.command == "push":
+        return push_command(args)
     return predict_command(args)
 
 

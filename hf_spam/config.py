@@ -159,6 +159,10 @@ class SpamTrainingArguments(TrainingArguments):
 ALL_ARGUMENTS = (ModelArguments, DataArguments, SpamTrainingArguments)
 
 
+class ConfigError(ValueError):
+    """A config file or flag that is not one of the arguments, or a value they do not accept."""
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, SpamTrainingArguments]:
     """Parse `--config FILE.yaml` (defaults) and CLI flags (overrides) into the three dataclasses."""
     pre = argparse.ArgumentParser(add_help=False)
@@ -167,26 +171,29 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     parser = HfArgumentParser(ALL_ARGUMENTS)
     if known.config is not None:
         parser.set_defaults(**load_yaml(known.config))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=rest)
+    try:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=rest)
+    except ValueError as err:  # unknown flags, and the dataclasses' own validation
+        raise ConfigError(str(err)) from err
     return model_args, data_args, training_args
 
 
 def load_yaml(path: Path) -> dict:
     """Read a config file whose keys must all be fields of the argument dataclasses."""
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} does not exist")
     with open(path, encoding="utf-8") as f:
         values = yaml.safe_load(f) or {}
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of field names to values, got {type(values).__name__}")
+        raise ConfigError(f"{path}: expected a mapping of field names to values, got {type(values).__name__}")
     known = {f.name for cls in ALL_ARGUMENTS for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; keys must be argument names (see --help)")
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; keys must be argument names (see --help)")
     # argparse checks `choices` on the command line only, not on defaults, so check the file's values here.
     for cls in ALL_ARGUMENTS:
         for f in dataclasses.fields(cls):
             choices = f.metadata.get("choices")
             if choices and f.name in values and values[f.name] not in choices:
-                raise ValueError(f"{path}: {f.name} must be one of {choices}, got {values[f.name]!r}")
+                raise ConfigError(f"{path}: {f.name} must be one of {choices}, got {values[f.name]!r}")
     return values

@@ -7,6 +7,7 @@ hf-spam train --config configs/gpt2-small.yaml --num_train_epochs 1
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -16,15 +17,37 @@ import torch
 import transformers
 from transformers import DataCollatorWithPadding, set_seed
 
-from hf_spam.config import parse_args
-from hf_spam.data import LABELS, default_cache_dir, load_sms_spam, tokenize_splits
+from hf_spam.checkpoints import CheckpointError, StopOnSigterm, resolve_resume
+from hf_spam.config import ConfigError, parse_args
+from hf_spam.data import (
+    LABELS,
+    DataFormatError,
+    DataIntegrityError,
+    DownloadError,
+    default_cache_dir,
+    load_sms_spam,
+    tokenize_splits,
+)
+from hf_spam.hub import push_output_dir
 from hf_spam.inference import BOOK_EXAMPLES, load_classifier
 from hf_spam.metrics import compute_metrics
-from hf_spam.modeling import freeze, load_model, load_tokenizer
+from hf_spam.model_card import ModelCardCallback, SpamModelCardData, write_model_card
+from hf_spam.modeling import HubUnreachableError, freeze, load_model, load_tokenizer
+from hf_spam.plots import plot_accuracy, plot_confusion_matrix, plot_loss
 from hf_spam.trainer import SpamTrainer
 from hf_spam.trunk_cache import FrozenTrunkTail, TrunkStates, cached_trunk_states, collate_trunk_states, frozen_prefix
 
 logger = logging.getLogger("hf_spam")
+# Input or environment problems whose message says what to fix; anything else keeps its traceback.
+USER_ERRORS = (
+    CheckpointError,
+    HubUnreachableError,
+    DataFormatError,
+    DataIntegrityError,
+    DownloadError,
+    FileNotFoundError,
+    ConfigError,
+)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -47,6 +70,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     if training_args.device.type == "cpu" and (training_args.fp16 or training_args.bf16):
         raise ValueError("fp16/bf16 mixed precision is for accelerators; leave both off on the CPU")
+    # Trainer's own push would create the repo at start, upload every checkpoint (optimizer state and pickles
+    # included) and replace our model card; we push the finished output directory once, at the end. The token
+    # is taken out of the arguments so that no saved file (training_args.bin) can carry it.
+    push_to_hub, hub_token = training_args.push_to_hub, training_args.hub_token
+    training_args.push_to_hub, training_args.hub_token = False, None
     set_seed(training_args.seed)
 
     # ---- data ----
@@ -113,6 +141,12 @@ def main(argv: list[str] | None = None) -> dict:
     # Evaluation batches are formed in length order: less padding, the same metrics.
     eval_features = {split: length_sorted(features[split]) for split in features}
 
+    card = SpamModelCardData.from_run(
+        model_args, data_args, training_args, report, model, max_length=max_length, trunk_cache=n_frozen > 0
+    )
+    if push_to_hub:
+        card.model_id = training_args.hub_model_id or Path(training_args.output_dir).name
+
     # ---- trainer ----
     trainer = SpamTrainer(
         model=train_model,
@@ -123,8 +157,17 @@ def main(argv: list[str] | None = None) -> dict:
         data_collator=collator,
         compute_metrics=compute_metrics,
         class_weights=class_weights(training_args.class_weights, report.split_labels["train"]),
+        callbacks=[sigterm := StopOnSigterm(), ModelCardCallback(card)],
     )
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    if sigterm.stopped_at is not None:
+        logger.warning(
+            "Stopped by SIGTERM at step %d with a checkpoint saved in %s; continue with --resume_from_checkpoint auto",
+            sigterm.stopped_at,
+            training_args.output_dir,
+        )
+        return {"interrupted_at_step": sigterm.stopped_at}
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
 
@@ -144,13 +187,22 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.save_model()  # model + tokenizer (processing_class), safetensors, loadable by a plain pipeline()
     trainer.save_state()
     if trainer.is_world_process_zero():
-        Path(training_args.output_dir, "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        output_dir = Path(training_args.output_dir)
+        examples_per_step = training_args.train_batch_size * training_args.gradient_accumulation_steps
+        plot_loss(trainer.state.log_history, examples_per_step * training_args.world_size, output_dir / "loss.png")
+        plot_accuracy(trainer.state.log_history, output_dir / "accuracy.png")
+        plot_confusion_matrix(results["test"]["confusion_matrix"], output_dir / "confusion_matrix.png")
+        card.metrics = results
+        write_model_card(output_dir, card)
+        summary["model_card"] = dataclasses.asdict(card)  # lets `hf-spam push` re-render it for a repo id
+        (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(metrics_table(results))
         classifier = load_classifier(training_args.output_dir)
         for text, prediction in zip(BOOK_EXAMPLES, classifier(BOOK_EXAMPLES), strict=True):
             print(f"{prediction['label']:>4} {prediction['score']:.3f}  {text}")
-    if training_args.push_to_hub:
-        trainer.push_to_hub(finetuned_from=model_args.model_name_or_path, tasks="text-classification")
+        if push_to_hub:
+            url = push_output_dir(output_dir, card.model_id, private=training_args.hub_private_repo, token=hub_token)
+            logger.info("Pushed %s to %s", output_dir, url)
     return summary
 
 
@@ -187,5 +239,16 @@ def metrics_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def run(argv: list[str] | None = None) -> int:
+    """`main` as a command: a problem with the user's input or environment is one clear line and exit code 2,
+    not a traceback; a run stopped by SIGTERM (checkpoint saved) exits with 143, the shell's code for it."""
+    try:
+        summary = main(argv)
+    except USER_ERRORS as err:
+        logger.error("%s: %s", type(err).__name__, err)
+        return 2
+    return 143 if "interrupted_at_step" in summary else 0
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run(sys.argv[1:]))

@@ -56,6 +56,12 @@ def test_training_writes_a_standalone_classifier_and_metrics(trained):
         m = metrics["metrics"][split]
         assert m["examples"] == n == sum(map(sum, m["confusion_matrix"]))
         assert 0.0 <= m["f1"] <= 1.0
+    for plot in ("loss.png", "accuracy.png", "confusion_matrix.png"):
+        assert (model_dir / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
+    card = (model_dir / "README.md").read_text()
+    assert "pipeline_tag: text-classification" in card
+    test = metrics["metrics"]["test"]
+    assert f"{test['accuracy']:.4f}" in card or f"{100 * test['accuracy']:.2f}" in card
     assert "test" in result.stdout and "accuracy" in result.stdout
     assert BOOK_EXAMPLES[0] in result.stdout and BOOK_EXAMPLES[1] in result.stdout
 

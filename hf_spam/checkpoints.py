@@ -1,0 +1,128 @@
+"""Which checkpoint to resume from: the newest one that is complete and loads.
+
+A run killed while saving leaves a `checkpoint-N` directory with some files missing, empty or truncated.
+Resuming from it would fail, or worse, resume from a half-written model; we skip it with a warning that
+names it and take the newest checkpoint before it that passes every check.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import signal
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
+
+# Every file Trainer.train(resume_from_checkpoint=...) reads back for an exact resume on one process.
+REQUIRED_FILES = ("config.json", "model.safetensors", "trainer_state.json", "optimizer.pt", "scheduler.pt")
+RNG_FILES = ("rng_state.pth", "rng_state_0.pth")
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from, or a resume request that names none."""
+
+
+def check_checkpoint(path: str | Path) -> None:
+    """Raise `CheckpointError` saying what is wrong with `path`, or return if a resume can use it."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a directory")
+    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
+    if not any((path / name).is_file() for name in RNG_FILES):
+        missing.append("rng_state.pth")
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}")
+    empty = [p.name for p in path.iterdir() if p.is_file() and p.stat().st_size == 0]
+    if empty:
+        raise CheckpointError(f"{path} has empty files: {', '.join(sorted(empty))}")
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+        step = state["global_step"]
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(f"{path}/trainer_state.json is not a complete trainer state ({err})") from err
+    if CHECKPOINT_PATTERN.match(path.name) and int(path.name.split("-")[1]) != step:
+        raise CheckpointError(f"{path}/trainer_state.json says step {step}, the directory says otherwise")
+    try:
+        # Reading every tensor proves the file is whole: a truncated safetensors file fails here.
+        with safe_open(path / "model.safetensors", framework="pt") as f:
+            for key in f.keys():
+                f.get_tensor(key)
+    except Exception as err:  # safetensors raises its own SafetensorError, or OSError
+        raise CheckpointError(f"{path}/model.safetensors does not load ({err})") from err
+
+
+def checkpoints_newest_first(output_dir: str | Path) -> list[Path]:
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in output_dir.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def resolve_resume(resume_from_checkpoint: str | None, output_dir: str | Path) -> str | None:
+    """Turn the `resume_from_checkpoint` argument into a checkpoint path for `Trainer.train`, or None.
+
+    `auto`: the newest complete checkpoint in `output_dir` (None, and a fresh start, if there is none).
+    A path: that checkpoint, which must be complete; anything wrong with it is a `CheckpointError`.
+    """
+    if resume_from_checkpoint in (None, "", "false", "False"):
+        return None
+    if resume_from_checkpoint != "auto":
+        try:
+            check_checkpoint(resume_from_checkpoint)
+        except CheckpointError as err:
+            raise CheckpointError(f"resume_from_checkpoint: {err}") from err
+        return str(resume_from_checkpoint)
+    for candidate in checkpoints_newest_first(output_dir):
+        try:
+            check_checkpoint(candidate)
+        except CheckpointError as err:
+            logger.warning("Skipping incomplete checkpoint: %s", err)
+            continue
+        logger.info("Resuming from %s", candidate)
+        return str(candidate)
+    logger.info("resume_from_checkpoint=auto: no complete checkpoint in %s, starting from scratch", output_dir)
+    return None
+
+
+class StopOnSigterm(TrainerCallback):
+    """On SIGTERM (a preempted or cancelled job), finish the current step, save a checkpoint and stop.
+
+    Every process must stop at the same step, or the others wait forever in the next collective; the flag is
+    therefore all-reduced across processes at each step end (one tiny collective, negligible beside a step).
+    """
+
+    def __init__(self):
+        self.received = False
+        self.stopped_at: int | None = None
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        logger.warning("SIGTERM received: saving a checkpoint after this step, then stopping")
+        self.received = True
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        stop = self.received
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor(int(stop), device=args.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            stop = bool(flag.item())
+        if stop:
+            self.stopped_at = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+        return control
