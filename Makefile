@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/gpt2-small.yaml
 
-.PHONY: install train smoke test test-all lint format bench clean
+.PHONY: install train smoke test test-all lint format bench bench-quick clean
 
 install: $(STAMP)
 
@@ -26,6 +26,12 @@ test: install
 
 test-all: install
 	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/hf-spam bench --output bench.json
+
+bench-quick: install
+	$(BIN)/hf-spam bench --quick
 
 lint: install
 	$(BIN)/ruff check .

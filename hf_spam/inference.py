@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from transformers import AutoConfig, pipeline
 
+from hf_spam.modeling import check_local_model_dir
+
 # The two messages chapter 6 of the book classifies after training.
 BOOK_EXAMPLES = [
     "You are a winner you have been specially selected to receive $1000 cash or a $2000 award.",
@@ -23,6 +25,7 @@ def load_classifier(
     length order so that each batch pads little, and answered in input order. Texts longer than the model
     context are truncated to it. Only safetensors weights are loaded; no remote code runs.
     """
+    check_local_model_dir(model_dir)
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
     classifier = pipeline(
         "text-classification",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from importlib import resources
@@ -34,6 +35,36 @@ TRAINABLE_CHOICES = ("last_block", "last_layer", "last_two_blocks", "all")
 
 class HubUnreachableError(OSError):
     """The model or tokenizer is neither cached nor downloadable."""
+
+
+class UnsafeModelError(ValueError):
+    """A model hf_spam refuses to load: pickled weights only, or custom code."""
+
+
+SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth", "model.ckpt")
+
+
+def check_local_model_dir(path: str | Path) -> None:
+    """Refuse a local model directory whose weights are pickles only, or whose config asks for custom code.
+
+    Unpickling can run arbitrary code, so hf_spam loads safetensors only; and `auto_map` in a config
+    points at Python files that `trust_remote_code` would execute.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return
+    if not any((path / name).is_file() for name in SAFE_WEIGHTS):
+        pickles = [name for name in PICKLED_WEIGHTS if (path / name).is_file()]
+        found = f"it has only {', '.join(pickles)}" if pickles else "it has no weights file"
+        raise UnsafeModelError(
+            f"{path}: no model.safetensors ({found}). hf_spam loads safetensors only, because unpickling a "
+            "file can run code. If you trust the checkpoint, convert it once with "
+            "`GPT2ForSequenceClassification.from_pretrained(dir, use_safetensors=False).save_pretrained(new_dir)`."
+        )
+    config = path / "config.json"
+    if config.is_file() and "auto_map" in json.loads(config.read_text(encoding="utf-8")):
+        raise UnsafeModelError(f"{config}: has an `auto_map` (custom code); hf_spam never runs remote code")
 
 
 def _hub_id(name_or_path: str) -> str:
@@ -133,6 +164,7 @@ def load_model(
         model = GPT2ForSequenceClassification(config)
         logger.info("Built %s with random weights (%s parameters)", model_name_or_path, f"{model.num_parameters():,}")
     elif init == "pretrained":
+        check_local_model_dir(model_name_or_path)
         try:
             config = AutoConfig.from_pretrained(_hub_id(model_name_or_path), revision=revision, **settings)
             _refuse_remote_code(config, model_name_or_path)
@@ -156,9 +188,18 @@ def load_model(
 
 def _refuse_remote_code(config, name: str) -> None:
     if getattr(config, "auto_map", None):
-        raise ValueError(f"{name}: its config has an `auto_map` (custom code); hf_spam never runs remote code")
+        raise UnsafeModelError(f"{name}: its config has an `auto_map` (custom code); hf_spam never runs remote code")
     if config.model_type != "gpt2":
         raise ValueError(f"{name}: model_type is {config.model_type!r}; hf_spam fine-tunes GPT-2 models only")
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of every tensor of the state dict in name order: equal fingerprints mean identical weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def trainable_prefixes(n_layer: int, trainable: str) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -32,10 +33,17 @@ from hf_spam.hub import push_output_dir
 from hf_spam.inference import BOOK_EXAMPLES, load_classifier
 from hf_spam.metrics import compute_metrics
 from hf_spam.model_card import ModelCardCallback, SpamModelCardData, write_model_card
-from hf_spam.modeling import HubUnreachableError, freeze, load_model, load_tokenizer
+from hf_spam.modeling import (
+    HubUnreachableError,
+    UnsafeModelError,
+    freeze,
+    load_model,
+    load_tokenizer,
+    weights_fingerprint,
+)
 from hf_spam.plots import plot_accuracy, plot_confusion_matrix, plot_loss
 from hf_spam.trainer import SpamTrainer
-from hf_spam.trunk_cache import FrozenTrunkTail, TrunkStates, cached_trunk_states, collate_trunk_states, frozen_prefix
+from hf_spam.trunk_cache import FrozenTrunkTail, collate_trunk_states, frozen_prefix, trunk_features
 
 logger = logging.getLogger("hf_spam")
 # Input or environment problems whose message says what to fix; anything else keeps its traceback.
@@ -47,6 +55,7 @@ USER_ERRORS = (
     DownloadError,
     FileNotFoundError,
     ConfigError,
+    UnsafeModelError,
 )
 
 
@@ -68,13 +77,21 @@ def main(argv: list[str] | None = None) -> dict:
         training_args.world_size,
         torch.get_num_threads(),
     )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and training_args.world_size == 1:
+        # Otherwise each process would train alone on all the data and all would write output_dir.
+        raise ConfigError(
+            f"launched as {launched} processes, but they formed no process group; on a machine without GPUs, "
+            "pass --use_cpu true so that they train together over gloo"
+        )
     if training_args.device.type == "cpu" and (training_args.fp16 or training_args.bf16):
-        raise ValueError("fp16/bf16 mixed precision is for accelerators; leave both off on the CPU")
+        raise ConfigError("fp16/bf16 mixed precision is for accelerators; leave both off on the CPU")
     # Trainer's own push would create the repo at start, upload every checkpoint (optimizer state and pickles
     # included) and replace our model card; we push the finished output directory once, at the end. The token
     # is taken out of the arguments so that no saved file (training_args.bin) can carry it.
     push_to_hub, hub_token = training_args.push_to_hub, training_args.hub_token
     training_args.push_to_hub, training_args.hub_token = False, None
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     set_seed(training_args.seed)
 
     # ---- data ----
@@ -118,28 +135,22 @@ def main(argv: list[str] | None = None) -> dict:
         )
         model.to(training_args.device)
         with training_args.main_process_first(desc="frozen trunk pass"):
-            features = {
-                split: TrunkStates(
-                    cached_trunk_states(
-                        model,
-                        n_frozen,
-                        tokenized[split],
-                        cache_dir=data_args.data_cache_dir or default_cache_dir(),
-                        batch_size=training_args.trunk_batch_size,
-                        device=training_args.device,
-                        dtype=getattr(torch, training_args.trunk_dtype),
-                        name=split,
-                    ),
-                    list(tokenized[split]["label"]),
-                )
-                for split in tokenized
-            }
+            features = trunk_features(
+                model,
+                n_frozen,
+                tokenized,
+                cache_dir=data_args.data_cache_dir or default_cache_dir(),
+                batch_size=training_args.trunk_batch_size,
+                device=training_args.device,
+                dtype=getattr(torch, training_args.trunk_dtype),
+            )
         train_model, collator = FrozenTrunkTail(model, n_frozen), collate_trunk_states
     else:
         logger.info("Frozen-trunk cache off: %s", why_not)
         features, train_model, collator = tokenized, model, DataCollatorWithPadding(tokenizer)
-    # Evaluation batches are formed in length order: less padding, the same metrics.
-    eval_features = {split: length_sorted(features[split]) for split in features}
+    # Padded evaluation batches are formed in length order: less padding, the same metrics. (Packed trunk
+    # states have no padding to save.)
+    eval_features = features if n_frozen else {split: length_sorted(features[split]) for split in features}
 
     card = SpamModelCardData.from_run(
         model_args, data_args, training_args, report, model, max_length=max_length, trunk_cache=n_frozen > 0
@@ -159,7 +170,6 @@ def main(argv: list[str] | None = None) -> dict:
         class_weights=class_weights(training_args.class_weights, report.split_labels["train"]),
         callbacks=[sigterm := StopOnSigterm(), ModelCardCallback(card)],
     )
-    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     train_result = trainer.train(resume_from_checkpoint=resume)
     if sigterm.stopped_at is not None:
         logger.warning(
@@ -181,7 +191,13 @@ def main(argv: list[str] | None = None) -> dict:
             [results[split]["tn"], results[split]["fp"]],
             [results[split]["fn"], results[split]["tp"]],
         ]
-    summary = {"data": report.to_dict(), "metrics": results, "train": train_result.metrics}
+    summary = {
+        "data": report.to_dict(),
+        "metrics": results,
+        "train": train_result.metrics,
+        "world_size": training_args.world_size,
+        "weights_sha256": weights_fingerprint(model),
+    }
 
     # ---- save / push ----
     trainer.save_model()  # model + tokenizer (processing_class), safetensors, loadable by a plain pipeline()
@@ -207,11 +223,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def length_sorted(dataset):
-    """The same examples ordered by length (tokenized `datasets` split or `TrunkStates`)."""
-    if isinstance(dataset, TrunkStates):
-        lengths = dataset.lengths()
-    else:
-        lengths = [len(ids) for ids in dataset["input_ids"]]
+    """The same tokenized examples, ordered by length."""
+    lengths = [len(ids) for ids in dataset["input_ids"]]
     return dataset.select(sorted(range(len(lengths)), key=lengths.__getitem__))
 
 

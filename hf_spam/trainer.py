@@ -20,6 +20,18 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (positions * attention_mask.to(positions.dtype)).argmax(-1)
 
 
+def pool_last_tokens(token_logits: torch.Tensor, inputs: dict) -> torch.Tensor:
+    """The logits of the last real token of each message, `[messages, labels]`.
+
+    Packed rows (several messages in one row, see `trunk_cache.collate_trunk_states`) say where each message
+    ends in `packed_ends`; padded rows hold one message each, ending at the last position the mask attends.
+    """
+    if "packed_ends" in inputs:
+        return token_logits.reshape(-1, token_logits.shape[-1])[inputs["packed_ends"]]
+    rows = torch.arange(token_logits.shape[0], device=token_logits.device)
+    return token_logits[rows, last_token_index(inputs["attention_mask"])]
+
+
 class _TokenLogits:
     """Keeps the per-token logits that `score` computes inside the model's forward.
 
@@ -60,8 +72,7 @@ class SpamTrainer(Trainer):
         labels = inputs.pop("labels")
         with _TokenLogits(self.accelerator.unwrap_model(model).score) as token_logits:
             model(**inputs)
-        rows = torch.arange(labels.shape[0], device=labels.device)
-        logits = token_logits.value[rows, last_token_index(inputs["attention_mask"])]
+        logits = pool_last_tokens(token_logits.value, inputs)
         weight = None if self.class_weights is None else self.class_weights.to(logits)
         loss = F.cross_entropy(logits.float(), labels, weight=weight, reduction="sum")
         if num_items_in_batch is None:  # evaluation, or a caller that doesn't count: a plain mean

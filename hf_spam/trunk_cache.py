@@ -27,7 +27,7 @@ from transformers import GPT2ForSequenceClassification
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from hf_spam.trainer import last_token_index
+from hf_spam.trainer import pool_last_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -130,13 +130,15 @@ def cached_trunk_states(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     name: str = "split",
+    trunk_fingerprint: str | None = None,
 ) -> TrunkStateStore:
     """`compute_trunk_states` for a tokenized `datasets` split, through the on-disk cache.
 
     The states are stored as one flat `[tokens, n_embd]` float32 array (`.npy`) plus offsets and read back
     memory-mapped, so a split larger than RAM trains from the page cache.
     """
-    key = hashlib.sha256(f"{_trunk_fingerprint(model, n_frozen, dtype)}|{split._fingerprint}".encode()).hexdigest()
+    trunk_fingerprint = trunk_fingerprint or _trunk_fingerprint(model, n_frozen, dtype)
+    key = hashlib.sha256(f"{trunk_fingerprint}|{split._fingerprint}".encode()).hexdigest()
     path = Path(cache_dir) / "trunk" / f"{key[:24]}.npy"
     offsets_path = path.with_suffix(".offsets.npy")
     if path.is_file() and offsets_path.is_file():
@@ -159,6 +161,26 @@ def cached_trunk_states(
             Path(tmp).unlink(missing_ok=True)
     logger.info("Frozen trunk states for %s cached at %s", name, path)
     return TrunkStateStore(path, offsets_path)
+
+
+def trunk_features(
+    model: GPT2ForSequenceClassification,
+    n_frozen: int,
+    tokenized,
+    cache_dir: str | os.PathLike,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, TrunkStates]:
+    """The training inputs of the tail for every split of a tokenized `DatasetDict`: cached states + labels."""
+    fingerprint = _trunk_fingerprint(model, n_frozen, dtype)  # hashes the trunk's weights: once, not per split
+    return {
+        name: TrunkStates(
+            cached_trunk_states(model, n_frozen, split, cache_dir, batch_size, device, dtype, name, fingerprint),
+            list(split["label"]),
+        )
+        for name, split in tokenized.items()
+    }
 
 
 class TrunkStateStore:
@@ -191,12 +213,6 @@ class TrunkStates(torch.utils.data.Dataset):
         self.states, self.labels = states, labels
         self.index = list(range(len(labels))) if index is None else index
 
-    def lengths(self) -> list[int]:
-        if isinstance(self.states, TrunkStateStore):
-            offsets = self.states.offsets
-            return [int(offsets[i + 1] - offsets[i]) for i in self.index]
-        return [len(self.states[i]) for i in self.index]
-
     def __len__(self) -> int:
         return len(self.index)
 
@@ -209,17 +225,18 @@ class TrunkStates(torch.utils.data.Dataset):
 
 
 def collate_trunk_states(features: list[dict]) -> dict[str, torch.Tensor]:
-    """Right-pad a batch of trunk states to its longest message."""
-    width = max(len(f["hidden_states"]) for f in features)
-    dim = features[0]["hidden_states"].shape[-1]
-    hidden = torch.zeros(len(features), width, dim)
-    mask = torch.zeros(len(features), width, dtype=torch.long)
-    for row, f in enumerate(features):
-        hidden[row, : len(f["hidden_states"])] = f["hidden_states"]
-        mask[row, : len(f["hidden_states"])] = 1
+    """Pack a batch of messages into one row, without padding.
+
+    `position_ids` restart at 0 for each message; from them Transformers' mask utilities build a
+    block-diagonal causal mask, so a token attends only to the earlier tokens of its own message, exactly as
+    in a padded batch, while every matrix product runs on real tokens only. `packed_ends` is where each
+    message's last token sits in the row.
+    """
+    lengths = torch.tensor([len(f["hidden_states"]) for f in features])
     return {
-        "hidden_states": hidden,
-        "attention_mask": mask,
+        "hidden_states": torch.cat([f["hidden_states"] for f in features]).unsqueeze(0),
+        "position_ids": torch.cat([torch.arange(n) for n in lengths.tolist()]).unsqueeze(0),
+        "packed_ends": lengths.cumsum(0) - 1,
         "labels": torch.tensor([f["labels"] for f in features]),
     }
 
@@ -227,8 +244,8 @@ def collate_trunk_states(features: list[dict]) -> dict[str, torch.Tensor]:
 class FrozenTrunkTail(nn.Module):
     """The trainable tail of a `GPT2ForSequenceClassification`: blocks `n_frozen:`, `ln_f`, `score`.
 
-    It shares its parameters with `classifier`, which is what gets saved: training the tail trains the
-    classifier.
+    It reads packed rows of trunk states (`collate_trunk_states`) and shares its parameters with
+    `classifier`, which is what gets saved: training the tail trains the classifier.
     """
 
     def __init__(self, classifier: GPT2ForSequenceClassification, n_frozen: int):
@@ -245,13 +262,12 @@ class FrozenTrunkTail(nn.Module):
     def config(self):
         return self.classifier.config
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, labels=None, **kwargs):
+    def forward(self, hidden_states, position_ids, packed_ends, labels=None, **kwargs) -> SequenceClassifierOutput:
         transformer = self.classifier.transformer
-        position_ids = torch.arange(hidden_states.shape[1], device=hidden_states.device).unsqueeze(0)
         causal_mask = create_causal_mask(
             config=self.classifier.config,
             inputs_embeds=hidden_states,
-            attention_mask=attention_mask,
+            attention_mask=None,  # None + restarting position_ids: the packed-sequence mask
             past_key_values=None,
             position_ids=position_ids,
         )
@@ -260,5 +276,4 @@ class FrozenTrunkTail(nn.Module):
         if self.apply_ln_f:
             hidden_states = transformer.ln_f(hidden_states)
         token_logits = self.classifier.score(hidden_states)
-        rows = torch.arange(token_logits.shape[0], device=token_logits.device)
-        return SequenceClassifierOutput(logits=token_logits[rows, last_token_index(attention_mask)])
+        return SequenceClassifierOutput(logits=pool_last_tokens(token_logits, {"packed_ends": packed_ends}))
