@@ -2,7 +2,9 @@
 
 A run killed while saving leaves a `checkpoint-N` directory with some files missing, empty or truncated.
 Resuming from it would fail, or worse, resume from a half-written model; we skip it with a warning that
-names it and take the newest checkpoint before it that passes every check.
+names it and take the newest checkpoint before it that passes every check. The pickled files (optimizer,
+scheduler, RNG state) must load as Trainer loads them, `weights_only`: a truncated file, or one that holds
+anything but tensors and plain values (a pickle that would run code), fails the check before training starts.
 """
 
 from __future__ import annotations
@@ -11,22 +13,29 @@ import json
 import logging
 import re
 import signal
+import zipfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from transformers import TrainerCallback
+from transformers.trainer_pt_utils import safe_globals
 
 logger = logging.getLogger(__name__)
 
 # Every file Trainer.train(resume_from_checkpoint=...) reads back for an exact resume on one process.
 REQUIRED_FILES = ("config.json", "model.safetensors", "trainer_state.json", "optimizer.pt", "scheduler.pt")
 RNG_FILES = ("rng_state.pth", "rng_state_0.pth")
+PICKLED_FILES = ("optimizer.pt", "scheduler.pt", *RNG_FILES)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed from, or a resume request that names none."""
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (a full disk, a file-size limit)."""
 
 
 def check_checkpoint(path: str | Path) -> None:
@@ -56,6 +65,24 @@ def check_checkpoint(path: str | Path) -> None:
                 f.get_tensor(key)
     except Exception as err:  # safetensors raises its own SafetensorError, or OSError
         raise CheckpointError(f"{path}/model.safetensors does not load ({err})") from err
+    for name in PICKLED_FILES:
+        if (path / name).is_file():
+            _check_pickle(path / name)
+
+
+def _check_pickle(path: Path) -> None:
+    """Load `path` as Trainer does (weights_only, numpy allowed for the RNG state), or raise `CheckpointError`."""
+    try:
+        with safe_globals():
+            # mmap reads no tensor data (an optimizer state can be large); it needs the zip format torch.save writes.
+            torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as err:  # UnpicklingError for a forbidden object, RuntimeError for a cut-off archive, ...
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+        # weights_only names the forbidden object on a later line; its first line only advises weights_only=False.
+        reason = next((line for line in lines if "GLOBAL" in line), lines[0])
+        raise CheckpointError(
+            f"{path} does not load as plain tensors and values ({type(err).__name__}: {reason})"
+        ) from err
 
 
 def checkpoints_newest_first(output_dir: str | Path) -> list[Path]:
@@ -84,7 +111,7 @@ def resolve_resume(resume_from_checkpoint: str | None, output_dir: str | Path) -
         try:
             check_checkpoint(candidate)
         except CheckpointError as err:
-            logger.warning("Skipping incomplete checkpoint: %s", err)
+            logger.warning("Skipping unusable checkpoint: %s", err)
             continue
         logger.info("Resuming from %s", candidate)
         return str(candidate)

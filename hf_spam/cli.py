@@ -33,9 +33,18 @@ def data_command(args: argparse.Namespace) -> int:
 
 
 def predict_command(args: argparse.Namespace) -> int:
+    from safetensors import SafetensorError
+
     from hf_spam.inference import load_classifier
 
-    classifier = load_classifier(args.model, batch_size=args.batch_size, device=args.device)
+    try:
+        classifier = load_classifier(args.model, batch_size=args.batch_size, device=args.device)
+    # Refused (UnsafeModelError is a ValueError), missing, not a model directory, or a config.json or
+    # model.safetensors that does not parse (JSONDecodeError, transformers' ValueError, SafetensorError).
+    except (ValueError, OSError, SafetensorError) as err:
+        message = str(err) if args.model in str(err) else f"{args.model}: {err}"  # always say which model
+        print(f"hf-spam predict: {message}", file=sys.stderr)
+        return 2
     if args.texts:
         lines = enumerate((t.encode("utf-8", "surrogateescape") for t in args.texts), start=1)
     else:
@@ -55,7 +64,9 @@ def predict_command(args: argparse.Namespace) -> int:
                 answers[number] = {"line": number, "error": "empty text"}
                 continue
             valid.append((number, text))
-        for (number, _), prediction in zip(valid, classifier([t for _, t in valid]), strict=True):
+        # A chunk of nothing but empty or undecodable lines has nothing to classify (pipeline([]) fails).
+        predictions = classifier([t for _, t in valid]) if valid else []
+        for (number, _), prediction in zip(valid, predictions, strict=True):
             answers[number] = prediction
         for number, _ in chunk:
             failed |= "error" in answers[number]

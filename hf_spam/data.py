@@ -256,7 +256,7 @@ def parse_data_file(path: str | os.PathLike, lenient: bool = False) -> tuple[lis
     if skipped:
         logger.warning("Skipped %d malformed lines of %s: %s", sum(skipped.values()), path, dict(skipped))
     if not texts:
-        raise DataFormatError(path, len(lines), "no valid rows")
+        raise DataFormatError(path, max(len(lines), 1), "no valid rows" if lines else "the file is empty")
     return texts, labels, dict(skipped)
 
 

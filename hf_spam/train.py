@@ -53,9 +53,9 @@ USER_ERRORS = (
     DataFormatError,
     DataIntegrityError,
     DownloadError,
-    FileNotFoundError,
     ConfigError,
     UnsafeModelError,
+    OSError,  # a full disk while saving (CheckpointSaveError), an unreadable model directory
 )
 
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import torch
 import torch.nn.functional as F
 from transformers import Trainer
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from hf_spam.checkpoints import CheckpointSaveError
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -98,6 +102,23 @@ class SpamTrainer(Trainer):
             if self.processing_class is not None:
                 self.processing_class.save_pretrained(output_dir)
             torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def _save_checkpoint(self, model, trial) -> None:
+        # A full disk surfaces as OSError, SafetensorError or a RuntimeError from torch that names no cause;
+        # say what happened and that the earlier checkpoints are intact (resume skips the partial one).
+        try:
+            super()._save_checkpoint(model, trial)
+        except Exception as err:
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            reason = (str(err).strip().splitlines() or [""])[0]
+            free_mib = shutil.disk_usage(self.args.output_dir).free / 2**20
+            raise CheckpointSaveError(
+                f"could not write {folder} ({type(err).__name__}: {reason}); {free_mib:,.0f} MiB free on its disk. "
+                "Is the disk full, or a file-size limit (ulimit -f) reached? The earlier checkpoints are intact: "
+                "make room and continue with --resume_from_checkpoint auto"
+            ) from err
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         # A checkpoint holds the whole classifier (see `_save`); load it into the classifier the tail shares.
