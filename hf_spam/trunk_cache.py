@@ -205,23 +205,16 @@ class TrunkStateStore:
 class TrunkStates(torch.utils.data.Dataset):
     """Cached trunk states and labels, one message per item."""
 
-    def __init__(
-        self, states: TrunkStateStore | list[torch.Tensor], labels: list[int], index: list[int] | None = None
-    ):
+    def __init__(self, states: TrunkStateStore | list[torch.Tensor], labels: list[int]):
         if len(states) != len(labels):
             raise ValueError(f"{len(states)} trunk states for {len(labels)} labels")
         self.states, self.labels = states, labels
-        self.index = list(range(len(labels))) if index is None else index
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.labels)
 
     def __getitem__(self, i: int) -> dict:
-        return {"hidden_states": self.states[self.index[i]], "labels": self.labels[self.index[i]]}
-
-    def select(self, indices) -> TrunkStates:
-        """A view of some examples, in the order given (as `datasets.Dataset.select`)."""
-        return TrunkStates(self.states, self.labels, [self.index[i] for i in indices])
+        return {"hidden_states": self.states[i], "labels": self.labels[i]}
 
 
 def collate_trunk_states(features: list[dict]) -> dict[str, torch.Tensor]:
