@@ -114,16 +114,22 @@ def load_tokenizer(name_or_path: str | None = None, use_bundled: bool = False):
 
 
 def parse_config_overrides(overrides: str | None) -> dict:
-    """`"n_layer=2,n_embd=64"` -> `{"n_layer": 2, "n_embd": 64}`, values typed as JSON where they parse."""
+    """`"n_layer=2,n_embd=64"` -> `{"n_layer": 2, "n_embd": 64}`, values typed as JSON where they parse.
+
+    Booleans may be written either way (`true` or Python's `True`): config fields are strictly typed.
+    """
     result = {}
     for item in filter(None, (s.strip() for s in (overrides or "").split(","))):
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"config_overrides: expected key=value, got {item!r}")
+        value = value.strip()
+        if value.lower() in ("true", "false"):
+            value = value.lower()
         try:
             result[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
-            result[key.strip()] = value.strip()
+            result[key.strip()] = value
     return result
 
 

@@ -25,13 +25,7 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def pool_last_tokens(token_logits: torch.Tensor, inputs: dict) -> torch.Tensor:
-    """The logits of the last real token of each message, `[messages, labels]`.
-
-    Packed rows (several messages in one row, see `trunk_cache.collate_trunk_states`) say where each message
-    ends in `packed_ends`; padded rows hold one message each, ending at the last position the mask attends.
-    """
-    if "packed_ends" in inputs:
-        return token_logits.reshape(-1, token_logits.shape[-1])[inputs["packed_ends"]]
+    """The logits of the last real token of each padded row, `[messages, labels]`."""
     rows = torch.arange(token_logits.shape[0], device=token_logits.device)
     return token_logits[rows, last_token_index(inputs["attention_mask"])]
 
@@ -74,9 +68,13 @@ class SpamTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
-        with _TokenLogits(self.accelerator.unwrap_model(model).score) as token_logits:
-            model(**inputs)
-        logits = pool_last_tokens(token_logits.value, inputs)
+        unwrapped = self.accelerator.unwrap_model(model)
+        if getattr(unwrapped, "returns_last_token_logits", False):  # the trunk cache's tail pools by itself
+            logits = model(**inputs).logits
+        else:
+            with _TokenLogits(unwrapped.score) as token_logits:
+                model(**inputs)
+            logits = pool_last_tokens(token_logits.value, inputs)
         weight = None if self.class_weights is None else self.class_weights.to(logits)
         loss = F.cross_entropy(logits.float(), labels, weight=weight, reduction="sum")
         if num_items_in_batch is None:  # evaluation, or a caller that doesn't count: a plain mean

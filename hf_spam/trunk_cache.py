@@ -6,8 +6,10 @@ the hidden states that enter the first trainable block, one unpadded array per m
 (trainable blocks, `ln_f`, `score`) from them. Right padding plus the causal mask make this exact: a real
 token never attends to a pad, so its hidden states do not depend on how its batch was padded.
 
-The states are cached on disk (safetensors, one flat array + offsets per split) under a key made of the
-trunk's weights, the tokenized split's fingerprint and the settings, so a second run reuses them.
+The states are cached on disk (one flat `.npy` array + offsets per split, read memory-mapped) under a key made
+of the trunk's weights, the tokenized split's fingerprint and the settings, so a second run reuses them.
+Since the loss reads only the last token of each message, the final block runs its query, attention and MLP
+for that token alone; only its keys and values are computed for every token.
 """
 
 from __future__ import annotations
@@ -17,17 +19,18 @@ import hashlib
 import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import GPT2ForSequenceClassification
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import SequenceClassifierOutput
-
-from hf_spam.trainer import pool_last_tokens
+from transformers.pytorch_utils import Conv1D
 
 logger = logging.getLogger(__name__)
 
@@ -94,12 +97,19 @@ def compute_trunk_states(
 ) -> list[torch.Tensor]:
     """Hidden states entering block `n_frozen` for each message, unpadded: `[len_i, n_embd]` each, float32.
 
-    Batches are sorted by length so that little is padded; `dtype=torch.bfloat16` runs the trunk under
-    autocast where the device supports it (faster, not exact).
+    Batches are sorted by length so that little is padded; `dtype=torch.bfloat16` runs the trunk's matrix
+    products in bfloat16 (faster where the device supports it, not exact).
     """
-    trunk = trunk_module(model, n_frozen)
-    was_training = trunk.training
-    trunk.eval()
+    view = trunk = trunk_module(model, n_frozen)
+    was_training = view.training
+    view.eval()
+    if dtype != torch.float32:
+        # Autocast casts a frozen weight again at every use (its cache keeps only trainable ones): cast the
+        # matrix weights of a copy once instead. Layer norms and the residual stream stay in float32.
+        trunk = copy.deepcopy(trunk)
+        for module in trunk.modules():
+            if isinstance(module, Conv1D):
+                module.weight.data = module.weight.data.to(dtype)
     order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]))
     states: list[torch.Tensor | None] = [None] * len(input_ids)
     device = torch.device(device)
@@ -117,36 +127,57 @@ def compute_trunk_states(
         hidden = hidden.float().cpu()
         for row, i in enumerate(index):
             states[i] = hidden[row, : len(input_ids[i])].clone()
-    trunk.train(was_training)
+    view.train(was_training)
     return states
 
 
 def cached_trunk_states(
     model: GPT2ForSequenceClassification,
     n_frozen: int,
-    split,
+    splits: Mapping,
     cache_dir: str | os.PathLike,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
-    name: str = "split",
     trunk_fingerprint: str | None = None,
-) -> TrunkStateStore:
-    """`compute_trunk_states` for a tokenized `datasets` split, through the on-disk cache.
+) -> dict[str, TrunkStateStore]:
+    """`compute_trunk_states` for each tokenized `datasets` split in `splits`, through the on-disk cache.
 
-    The states are stored as one flat `[tokens, n_embd]` float32 array (`.npy`) plus offsets and read back
-    memory-mapped, so a split larger than RAM trains from the page cache.
+    Each split's states are stored as one flat `[tokens, n_embd]` float32 array (`.npy`) plus offsets, and
+    read back memory-mapped, so a split larger than RAM trains from the page cache. The splits missing from
+    the cache are computed together, in one length-sorted pass, so that no split's longest messages sit in
+    a half-empty or widely padded batch of their own.
     """
     trunk_fingerprint = trunk_fingerprint or _trunk_fingerprint(model, n_frozen, dtype)
-    key = hashlib.sha256(f"{trunk_fingerprint}|{split._fingerprint}".encode()).hexdigest()
-    path = Path(cache_dir) / "trunk" / f"{key[:24]}.npy"
-    offsets_path = path.with_suffix(".offsets.npy")
-    if path.is_file() and offsets_path.is_file():
-        logger.info("Frozen trunk states for %s loaded from %s", name, path)
-        return TrunkStateStore(path, offsets_path)
-    states = compute_trunk_states(
-        model, n_frozen, list(split["input_ids"]), batch_size, device, dtype, desc=f"Frozen trunk ({name})"
-    )
+    paths = {}
+    for name, split in splits.items():
+        key = hashlib.sha256(f"{trunk_fingerprint}|{split._fingerprint}".encode()).hexdigest()
+        path = Path(cache_dir) / "trunk" / f"{key[:24]}.npy"
+        paths[name] = (path, path.with_suffix(".offsets.npy"))
+    missing = [name for name, (path, offsets_path) in paths.items() if not (path.is_file() and offsets_path.is_file())]
+    for name in paths.keys() - set(missing):
+        logger.info("Frozen trunk states for %s loaded from %s", name, paths[name][0])
+    if missing:
+        input_ids = {name: list(splits[name]["input_ids"]) for name in missing}
+        states = compute_trunk_states(
+            model,
+            n_frozen,
+            [ids for name in missing for ids in input_ids[name]],
+            batch_size,
+            device,
+            dtype,
+            desc=f"Frozen trunk ({', '.join(missing)})",
+        )
+        first = 0
+        for name in missing:
+            split_states = states[first : first + len(input_ids[name])]
+            first += len(split_states)
+            _write_states(split_states, *paths[name])
+            logger.info("Frozen trunk states for %s cached at %s", name, paths[name][0])
+    return {name: TrunkStateStore(*paths[name]) for name in splits}
+
+
+def _write_states(states: list[torch.Tensor], path: Path, offsets_path: Path) -> None:
     offsets = np.cumsum([0] + [len(s) for s in states])
     path.parent.mkdir(parents=True, exist_ok=True)
     # Offsets first, states last: the states file is what marks an entry complete, and each is written beside
@@ -159,8 +190,6 @@ def cached_trunk_states(
             os.replace(tmp, target)
         finally:
             Path(tmp).unlink(missing_ok=True)
-    logger.info("Frozen trunk states for %s cached at %s", name, path)
-    return TrunkStateStore(path, offsets_path)
 
 
 def trunk_features(
@@ -173,14 +202,8 @@ def trunk_features(
     dtype: torch.dtype = torch.float32,
 ) -> dict[str, TrunkStates]:
     """The training inputs of the tail for every split of a tokenized `DatasetDict`: cached states + labels."""
-    fingerprint = _trunk_fingerprint(model, n_frozen, dtype)  # hashes the trunk's weights: once, not per split
-    return {
-        name: TrunkStates(
-            cached_trunk_states(model, n_frozen, split, cache_dir, batch_size, device, dtype, name, fingerprint),
-            list(split["label"]),
-        )
-        for name, split in tokenized.items()
-    }
+    stores = cached_trunk_states(model, n_frozen, tokenized, cache_dir, batch_size, device, dtype)
+    return {name: TrunkStates(stores[name], list(split["label"])) for name, split in tokenized.items()}
 
 
 class TrunkStateStore:
@@ -234,12 +257,50 @@ def collate_trunk_states(features: list[dict]) -> dict[str, torch.Tensor]:
     }
 
 
+def last_block_at_ends(block: nn.Module, hidden_states: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """A GPT-2 block's output at the last token of each packed message only: `[messages, n_embd]`.
+
+    The loss reads nothing but the last token's logits, and in the final block a token's output depends on
+    the other tokens only through their keys and values. So keys and values are computed for every token,
+    while the query, the attention, `c_proj` and the MLP (5/6 of the block's arithmetic) run for one token
+    per message. The same computation as `block(...)` followed by picking the last tokens, up to rounding.
+    """
+    attn = block.attn
+    hidden = hidden_states.reshape(-1, hidden_states.shape[-1])  # the packed row: [tokens, n_embd]
+    x = block.ln_1(hidden)
+    dim, heads, head_dim = attn.embed_dim, attn.num_heads, attn.head_dim
+    weight, bias = attn.c_attn.weight, attn.c_attn.bias  # Conv1D: x @ weight + bias, columns [query|key|value]
+    key_value = torch.addmm(bias[dim:], x, weight[:, dim:])
+    query = torch.addmm(bias[:dim], x[ends], weight[:, :dim])
+    # Gather each message's keys and values into a padded [messages, width] grid; the pads are masked.
+    starts = torch.cat([ends.new_zeros(1), ends[:-1] + 1])
+    lengths = ends - starts + 1
+    offsets = torch.arange(int(lengths.max()), device=ends.device)
+    valid = offsets < lengths[:, None]
+    index = torch.where(valid, starts[:, None] + offsets, ends[:, None])
+    n_messages, width = index.shape
+    key, value = key_value[index].view(n_messages, width, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
+    context = F.scaled_dot_product_attention(
+        query.view(n_messages, heads, 1, head_dim),
+        key,
+        value,
+        attn_mask=valid[:, None, None, :],
+        dropout_p=attn.attn_dropout.p if attn.training else 0.0,
+        scale=attn.scaling,
+    )
+    out = hidden[ends] + attn.resid_dropout(attn.c_proj(context.reshape(n_messages, dim)))
+    return out + block.mlp(block.ln_2(out))
+
+
 class FrozenTrunkTail(nn.Module):
     """The trainable tail of a `GPT2ForSequenceClassification`: blocks `n_frozen:`, `ln_f`, `score`.
 
-    It reads packed rows of trunk states (`collate_trunk_states`) and shares its parameters with
-    `classifier`, which is what gets saved: training the tail trains the classifier.
+    It reads packed rows of trunk states (`collate_trunk_states`), shares its parameters with `classifier`
+    (which is what gets saved: training the tail trains the classifier) and returns the logits of each
+    message's last token, computing the final block only where they need it (`last_block_at_ends`).
     """
+
+    returns_last_token_logits = True  # `SpamTrainer` takes `logits` as they are, instead of pooling
 
     def __init__(self, classifier: GPT2ForSequenceClassification, n_frozen: int):
         super().__init__()
@@ -257,16 +318,23 @@ class FrozenTrunkTail(nn.Module):
 
     def forward(self, hidden_states, position_ids, packed_ends, labels=None, **kwargs) -> SequenceClassifierOutput:
         transformer = self.classifier.transformer
-        causal_mask = create_causal_mask(
-            config=self.classifier.config,
-            inputs_embeds=hidden_states,
-            attention_mask=None,  # None + restarting position_ids: the packed-sequence mask
-            past_key_values=None,
-            position_ids=position_ids,
-        )
-        for block in transformer.h[self.n_frozen :]:
-            hidden_states = block(hidden_states, None, causal_mask, None, use_cache=False, position_ids=position_ids)
+        blocks = list(transformer.h[self.n_frozen :])
+        if len(blocks) > 1:  # the blocks before the final one: every token's output feeds the next block
+            causal_mask = create_causal_mask(
+                config=self.classifier.config,
+                inputs_embeds=hidden_states,
+                attention_mask=None,  # None + restarting position_ids: the packed-sequence mask
+                past_key_values=None,
+                position_ids=position_ids,
+            )
+            for block in blocks[:-1]:
+                hidden_states = block(
+                    hidden_states, None, causal_mask, None, use_cache=False, position_ids=position_ids
+                )
+        if blocks:
+            hidden_states = last_block_at_ends(blocks[-1], hidden_states, packed_ends)
+        else:
+            hidden_states = hidden_states.reshape(-1, hidden_states.shape[-1])[packed_ends]
         if self.apply_ln_f:
             hidden_states = transformer.ln_f(hidden_states)
-        token_logits = self.classifier.score(hidden_states)
-        return SequenceClassifierOutput(logits=pool_last_tokens(token_logits, {"packed_ends": packed_ends}))
+        return SequenceClassifierOutput(logits=self.classifier.score(hidden_states))

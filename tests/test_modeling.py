@@ -65,6 +65,10 @@ def test_config_overrides_are_typed():
         "n_embd": 64,
         "activation_function": "gelu",
     }
+    assert parse_config_overrides("scale_attn_weights=False,reorder_and_upcast_attn=true") == {
+        "scale_attn_weights": False,
+        "reorder_and_upcast_attn": True,
+    }
     with pytest.raises(ValueError, match="key=value"):
         parse_config_overrides("n_layer")
 

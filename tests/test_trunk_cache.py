@@ -2,6 +2,7 @@ import pytest
 import torch
 from datasets import Dataset
 from transformers import DataCollatorWithPadding, GPT2ForSequenceClassification
+from transformers.masking_utils import create_causal_mask
 
 from hf_spam import trunk_cache
 from hf_spam.config import SpamTrainingArguments
@@ -14,6 +15,7 @@ from hf_spam.trunk_cache import (
     collate_trunk_states,
     compute_trunk_states,
     frozen_prefix,
+    last_block_at_ends,
 )
 
 from .conftest import TINY_OVERRIDES
@@ -84,6 +86,41 @@ def test_cached_path_gives_the_full_forward_logits_and_loss(tiny_model, tokenize
     assert torch.allclose(full_loss, tail_loss, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    ["", "scale_attn_by_inverse_layer_idx=True", "scale_attn_weights=False", "reorder_and_upcast_attn=True"],
+)
+def test_final_block_at_message_ends_equals_the_whole_block(tokenizer, overrides):
+    config_overrides = TINY_OVERRIDES + ("," + overrides if overrides else "")
+    torch.manual_seed(0)
+    model = load_model("gpt2", tokenizer, init="random", config_overrides=config_overrides)
+    block = model.transformer.h[-1]
+    lengths = [5, 1, 9, 2]  # a one-token message too: it attends to itself only
+    packed = collate_trunk_states(
+        [{"hidden_states": torch.randn(n, model.config.n_embd), "labels": 0} for n in lengths]
+    )
+    hidden = packed["hidden_states"].requires_grad_()
+    ends = packed["packed_ends"]
+
+    fast = last_block_at_ends(block, hidden, ends)
+    fast_grads = torch.autograd.grad(fast.square().sum(), [hidden, *block.parameters()])
+
+    mask = create_causal_mask(
+        config=model.config,
+        inputs_embeds=hidden,
+        attention_mask=None,
+        past_key_values=None,
+        position_ids=packed["position_ids"],
+    )
+    whole = block(hidden, None, mask, None, use_cache=False, position_ids=packed["position_ids"])[0, ends]
+    whole_grads = torch.autograd.grad(whole.square().sum(), [hidden, *block.parameters()])
+
+    assert fast.shape == (len(lengths), model.config.n_embd)
+    assert torch.allclose(fast, whole, atol=1e-5)
+    for a, b in zip(fast_grads, whole_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_training_from_the_cache_matches_training_without_it(tokenizer, tmp_path):
     data = _tokenized(tokenizer, 20)
     trained = {}
@@ -122,14 +159,14 @@ def test_training_from_the_cache_matches_training_without_it(tokenizer, tmp_path
 def test_states_are_cached_on_disk_and_reused(tiny_model, tokenizer, tmp_path, monkeypatch):
     freeze(tiny_model, "last_block")
     data = _tokenized(tokenizer, 6)
-    first = cached_trunk_states(tiny_model, 2, data, cache_dir=tmp_path)
+    first = cached_trunk_states(tiny_model, 2, {"train": data}, cache_dir=tmp_path)["train"]
     assert len(list((tmp_path / "trunk").glob("*.offsets.npy"))) == 1
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("the trunk ran again although its states were cached")
 
     monkeypatch.setattr(trunk_cache, "compute_trunk_states", must_not_run)
-    second = cached_trunk_states(tiny_model, 2, data, cache_dir=tmp_path)
+    second = cached_trunk_states(tiny_model, 2, {"train": data}, cache_dir=tmp_path)["train"]
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
     assert [len(s) for s in first] == [len(ids) for ids in data["input_ids"]]
     direct = compute_trunk_states(tiny_model, 2, list(data["input_ids"]))
@@ -138,8 +175,35 @@ def test_states_are_cached_on_disk_and_reused(tiny_model, tokenizer, tmp_path, m
     monkeypatch.undo()
     with torch.no_grad():
         tiny_model.transformer.h[0].mlp.c_fc.weight.add_(0.01)  # other trunk weights: another cache entry
-    cached_trunk_states(tiny_model, 2, data, cache_dir=tmp_path)
+    cached_trunk_states(tiny_model, 2, {"train": data}, cache_dir=tmp_path)
     assert len(list((tmp_path / "trunk").glob("*.offsets.npy"))) == 2
+
+
+def test_missing_splits_share_one_trunk_pass(tiny_model, tokenizer, tmp_path, monkeypatch):
+    freeze(tiny_model, "last_block")
+    data = _tokenized(tokenizer, 20)
+    splits = {
+        "train": data.select(range(12)),
+        "validation": data.select(range(12, 15)),
+        "test": data.select(range(15, 20)),
+    }
+    cached_trunk_states(tiny_model, 2, {"validation": splits["validation"]}, cache_dir=tmp_path)
+    passes = []
+    compute = trunk_cache.compute_trunk_states
+    monkeypatch.setattr(
+        trunk_cache,
+        "compute_trunk_states",
+        lambda m, n, ids, *a, **k: passes.append(len(ids)) or compute(m, n, ids, *a, **k),
+    )
+
+    stores = cached_trunk_states(tiny_model, 2, splits, cache_dir=tmp_path, batch_size=4)
+
+    assert passes == [12 + 5]  # train and test together; validation came from the cache
+    for name, split in splits.items():
+        alone = compute(tiny_model, 2, list(split["input_ids"]), batch_size=3)
+        assert len(stores[name]) == len(split)
+        for a, b in zip(stores[name], alone, strict=True):
+            assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
 
 
 def test_saving_a_tail_saves_the_whole_classifier(tiny_model, tokenizer, tmp_path):
@@ -150,3 +214,18 @@ def test_saving_a_tail_saves_the_whole_classifier(tiny_model, tokenizer, tmp_pat
     reloaded = GPT2ForSequenceClassification.from_pretrained(tmp_path / "saved", use_safetensors=True)
     for name, weight in tiny_model.state_dict().items():
         assert torch.equal(weight, reloaded.state_dict()[name]), name
+
+
+def test_bfloat16_trunk_is_close_and_leaves_the_model_as_it_was(tiny_model, tokenizer):
+    freeze(tiny_model, "last_block")
+    tiny_model.train()
+    before = {name: p.detach().clone() for name, p in tiny_model.state_dict().items()}
+    ids = list(_tokenized(tokenizer, 8)["input_ids"])
+    exact = compute_trunk_states(tiny_model, 2, ids)
+    fast = compute_trunk_states(tiny_model, 2, ids, dtype=torch.bfloat16)
+    assert all(f.dtype == torch.float32 and f.shape == e.shape for f, e in zip(fast, exact, strict=True))
+    assert all(torch.allclose(f, e, atol=0.05, rtol=0.02) for f, e in zip(fast, exact, strict=True))
+    assert any(not torch.equal(f, e) for f, e in zip(fast, exact, strict=True))
+    assert tiny_model.training and all(m.training for m in tiny_model.modules())
+    for name, weight in tiny_model.state_dict().items():
+        assert weight.dtype == before[name].dtype and torch.equal(weight, before[name]), name
