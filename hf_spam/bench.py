@@ -130,36 +130,51 @@ def floor(settings: dict) -> dict:
 
 
 def prediction_throughput(model_dir: str, n_messages: int | None) -> dict:
-    """`hf-spam predict` over the collection (stdin, one per line) against `pipeline()` one message at a time."""
+    """`hf-spam predict` over the collection (stdin, one per line) against `pipeline()` one message at a time.
+
+    `hf-spam predict` runs twice: exact (float32, the default) and with `--dtype bfloat16`. Each is compared
+    label by label with the pipeline's answers.
+    """
     from transformers import pipeline
 
     from hf_spam.data import bundled_data_file
 
     texts = [line.split("\t", 1)[1] for line in bundled_data_file().read_text(encoding="utf-8").splitlines()]
     texts = texts[:n_messages] if n_messages else texts
-    start = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-m", "hf_spam.cli", "predict", "--model", model_dir],
-        input="\n".join(texts).encode(),
-        capture_output=True,
-        check=True,
-    )
-    cli_seconds = time.perf_counter() - start
-    cli_labels = [json.loads(line)["label"] for line in result.stdout.decode().splitlines()]
+    cli = {}
+    for dtype in ("float32", "bfloat16"):
+        start = time.perf_counter()
+        result = subprocess.run(
+            [sys.executable, "-m", "hf_spam.cli", "predict", "--model", model_dir, "--dtype", dtype],
+            input="\n".join(texts).encode(),
+            capture_output=True,
+            check=True,
+        )
+        cli[dtype] = (time.perf_counter() - start, [json.loads(line) for line in result.stdout.decode().splitlines()])
 
     classifier = pipeline("text-classification", model=model_dir, model_kwargs={"use_safetensors": True})
     start = time.perf_counter()
-    one_by_one = [classifier(text, truncation=True, max_length=1024)[0]["label"] for text in texts]
+    one_by_one = [classifier(text, truncation=True, max_length=1024)[0] for text in texts]
     pipeline_seconds = time.perf_counter() - start
-    return {
+    report = {
         "messages": len(texts),
-        "hf_spam_predict_s": round(cli_seconds, 2),
-        "hf_spam_predict_msgs_per_s": round(len(texts) / cli_seconds, 1),
+        "distinct_messages": len(set(texts)),
         "pipeline_one_at_a_time_s": round(pipeline_seconds, 2),
         "pipeline_one_at_a_time_msgs_per_s": round(len(texts) / pipeline_seconds, 1),
-        "speedup": round(pipeline_seconds / cli_seconds, 2),
-        "same_labels": sum(a == b for a, b in zip(cli_labels, one_by_one, strict=True)),
     }
+    for dtype, (seconds, answers) in cli.items():
+        pairs = list(zip(answers, one_by_one, strict=True))
+        report[f"hf_spam_predict_{dtype}"] = {
+            "seconds": round(seconds, 2),
+            "msgs_per_s": round(len(texts) / seconds, 1),
+            "speedup": round(pipeline_seconds / seconds, 2),
+            "same_labels_as_pipeline": sum(a["label"] == b["label"] for a, b in pairs),
+            "max_score_difference": max(
+                abs(a["score"] - b["score"]) if a["label"] == b["label"] else abs(a["score"] + b["score"] - 1)
+                for a, b in pairs
+            ),
+        }
+    return report
 
 
 def bench(quick: bool, workdir: Path) -> dict:
@@ -202,7 +217,8 @@ def bench(quick: bool, workdir: Path) -> dict:
     report["ratios"] = {
         "a_over_c": round(a["seconds"] / c["seconds"], 2),
         "c_over_d": round(c["seconds"] / d["seconds"], 2),
-        "predict_speedup": report["predict"]["speedup"],
+        "predict_speedup": report["predict"]["hf_spam_predict_float32"]["speedup"],
+        "predict_speedup_bf16": report["predict"]["hf_spam_predict_bfloat16"]["speedup"],
     }
     return report
 
@@ -228,7 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.output:
         args.output.write_text(text + "\n")
     r = report["ratios"]
-    print(f"a/c = {r['a_over_c']}x  c/d = {r['c_over_d']}x  predict speedup = {r['predict_speedup']}x")
+    print(
+        f"a/c = {r['a_over_c']}x  c/d = {r['c_over_d']}x  "
+        f"predict speedup = {r['predict_speedup']}x (float32), {r['predict_speedup_bf16']}x (bfloat16)"
+    )
     return 0
 
 

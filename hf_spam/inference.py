@@ -1,47 +1,85 @@
-"""Prediction with a saved classifier through `pipeline("text-classification")`."""
+"""Prediction with a saved classifier: the answers of `pipeline("text-classification")`, computed faster.
+
+A saved output directory is a plain `GPT2ForSequenceClassification` that `pipeline()` loads without hf_spam.
+`hf-spam predict` gives the same labels and scores (up to float rounding) for less work: it classifies each
+distinct text once, batches texts of similar token length together, and runs the final block only at the
+last real token, the one whose logits are read (`trunk_cache.last_block_at_ends`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from transformers import AutoConfig, pipeline
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, GPT2ForSequenceClassification
 
 from hf_spam.modeling import check_local_model_dir
+from hf_spam.trunk_cache import FrozenTrunkTail, trunk_module
 
 # The two messages chapter 6 of the book classifies after training.
 BOOK_EXAMPLES = [
     "You are a winner you have been specially selected to receive $1000 cash or a $2000 award.",
     "Hey, just wanted to check if we're still on for dinner tonight? Let me know!",
 ]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def last_token_logits(
+    model: GPT2ForSequenceClassification, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """Logits at the last real token of each right-padded row, `[rows, labels]`.
+
+    Blocks before the final one run on every token (their outputs are the final block's keys and values);
+    the final block, `ln_f` and `score` run on the last token of each message only.
+    """
+    n_full = model.config.n_layer - 1
+    hidden = trunk_module(model, n_full)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    packed = hidden[attention_mask.bool()]  # the real tokens, row after row: each message stays contiguous
+    ends = attention_mask.sum(-1).cumsum(0) - 1
+    return FrozenTrunkTail(model, n_full)(packed, position_ids=None, packed_ends=ends).logits
 
 
 def load_classifier(
-    model_dir: str, batch_size: int = 32, device: str | int | None = None
+    model_dir: str, batch_size: int = 64, device: str | int | None = None, dtype: str = "float32"
 ) -> Callable[[list[str]], list[dict]]:
-    """A function `texts -> [{"label": "spam"|"ham", "score": float}, ...]` backed by `pipeline()`.
+    """A function `texts -> [{"label": "spam"|"ham", "score": float}, ...]`, in input order.
 
-    The saved tokenizer pads on the right with the EOS id and splits special tokens, so the model's own
-    pooling (rightmost non-pad id) reads the same last real token that training used. Texts are sent in
-    length order so that each batch pads little, and answered in input order. Texts longer than the model
-    context are truncated to it. Only safetensors weights are loaded; no remote code runs.
+    Texts longer than the model context are truncated to it. Only safetensors weights are loaded; no remote
+    code runs. `dtype="bfloat16"` computes the matrix products in bfloat16 (autocast): about twice as fast on
+    CPUs with AVX-512 BF16 or AMX and on recent GPUs, but not exact: a score can move in its second decimal,
+    and a message near 0.5 can change label.
     """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
     check_local_model_dir(model_dir)
-    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
-    classifier = pipeline(
-        "text-classification",
-        model=model_dir,
-        device=device,
-        trust_remote_code=False,
-        model_kwargs={"use_safetensors": True},
-    )
-    max_length = config.n_positions
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)  # first: a broken one fails clearly
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, config=config, trust_remote_code=False)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, config=config, trust_remote_code=False, use_safetensors=True
+    ).eval()
+    if not isinstance(model, GPT2ForSequenceClassification):
+        raise ValueError(f"{model_dir}: expected a GPT2ForSequenceClassification, got {type(model).__name__}")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(torch.device(f"cuda:{device}" if isinstance(device, int) else device))
+    max_length = model.config.n_positions
 
     def predict(texts: list[str]) -> list[dict]:
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        results: list[dict] = [{}] * len(texts)
-        outputs = classifier([texts[i] for i in order], batch_size=batch_size, truncation=True, max_length=max_length)
-        for i, output in zip(order, outputs, strict=True):
-            results[i] = {"label": output["label"], "score": float(output["score"])}
-        return results
+        distinct = list(dict.fromkeys(texts))  # real streams repeat messages: classify each once
+        input_ids = tokenizer(distinct, truncation=True, max_length=max_length)["input_ids"]
+        order = sorted(range(len(distinct)), key=lambda i: len(input_ids[i]))
+        answers: dict[str, dict] = {}
+        autocast = torch.autocast(model.device.type, dtype=DTYPES[dtype], enabled=dtype != "float32")
+        with torch.inference_mode(), autocast:
+            for start in range(0, len(order), batch_size):
+                index = order[start : start + batch_size]
+                batch = tokenizer.pad(
+                    {"input_ids": [input_ids[i] for i in index]}, padding_side="right", return_tensors="pt"
+                ).to(model.device)
+                probabilities = last_token_logits(model, **batch).float().softmax(-1).cpu()
+                scores, labels = probabilities.max(-1)
+                for i, label, score in zip(index, labels.tolist(), scores.tolist(), strict=True):
+                    answers[distinct[i]] = {"label": model.config.id2label[label], "score": score}
+        return [dict(answers[text]) for text in texts]
 
     return predict
