@@ -124,7 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", required=True, help="A directory written by `hf-spam train` (or a Hub id).")
     predict.add_argument("texts", nargs="*", help="Texts to classify; read from stdin, one per line, if none.")
     predict.add_argument("--batch_size", type=int, default=64, help="Texts per forward pass, in token-length order.")
-    predict.add_argument("--chunk_size", type=int, default=1024, help="Lines read from stdin per batch of work.")
+    predict.add_argument(
+        "--chunk_size",
+        type=int,
+        default=8192,
+        help="Lines read from stdin per batch of work: larger chunks sort by length and dedupe better.",
+    )
     predict.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available).")
     predict.add_argument(
         "--dtype",

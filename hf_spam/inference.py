@@ -2,8 +2,9 @@
 
 A saved output directory is a plain `GPT2ForSequenceClassification` that `pipeline()` loads without hf_spam.
 `hf-spam predict` gives the same labels and scores (up to float rounding) for less work: it classifies each
-distinct text once, batches texts of similar token length together, and runs the final block only at the
-last real token, the one whose logits are read (`trunk_cache.last_block_at_ends`).
+distinct text once, batches texts of similar token length together, runs the final block only at the last
+real token, the one whose logits are read (`trunk_cache.last_block_at_ends`), and computes GELU with
+PyTorch's fused kernel (`modeling.use_fused_gelu`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, GPT2ForSequenceClassification
 
-from hf_spam.modeling import check_local_model_dir
+from hf_spam.modeling import check_local_model_dir, use_fused_gelu
 from hf_spam.trunk_cache import FrozenTrunkTail, trunk_module
 
 # The two messages chapter 6 of the book classifies after training.
@@ -59,6 +60,7 @@ def load_classifier(
     ).eval()
     if not isinstance(model, GPT2ForSequenceClassification):
         raise ValueError(f"{model_dir}: expected a GPT2ForSequenceClassification, got {type(model).__name__}")
+    use_fused_gelu(model)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(torch.device(f"cuda:{device}" if isinstance(device, int) else device))

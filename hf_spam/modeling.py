@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoTokenizer, GPT2Config, GPT2ForSequenceClassification, GPT2Tokenizer
+from transformers.activations import GELUTanh
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +190,19 @@ def load_model(
     else:
         raise ValueError(f"init must be 'pretrained' or 'random', got {init!r}")
     model.config.pad_token_id = int(tokenizer.pad_token_id)
+    return use_fused_gelu(model)
+
+
+def use_fused_gelu(model: GPT2ForSequenceClassification) -> GPT2ForSequenceClassification:
+    """Compute GPT-2's `gelu_new` with PyTorch's fused kernel, `gelu(x, approximate="tanh")`.
+
+    The same function (equal up to float rounding), but `gelu_new` is written as five elementwise tensor
+    ops: about a fifth of a forward pass on CPU. The config keeps saying `gelu_new`, so the saved model is
+    still GPT-2's and loads anywhere as before.
+    """
+    if model.config.activation_function == "gelu_new":
+        for block in model.transformer.h:
+            block.mlp.act = GELUTanh()
     return model
 
 

@@ -90,3 +90,17 @@ def test_local_checkpoint_loads_with_its_weights(tmp_path, tokenizer, tiny_model
     reloaded = load_model(str(tmp_path), tokenizer, init="pretrained")
     for (name, a), (_, b) in zip(tiny_model.state_dict().items(), reloaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_gelu_runs_fused_and_the_saved_model_is_still_gpt2(tiny_model, tokenizer, tmp_path):
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    assert tiny_model.config.activation_function == "gelu_new"
+    assert all(isinstance(block.mlp.act, GELUTanh) for block in tiny_model.transformer.h)
+    tiny_model.save_pretrained(tmp_path)
+    plain = GPT2ForSequenceClassification.from_pretrained(tmp_path, use_safetensors=True)
+    assert all(isinstance(block.mlp.act, NewGELUActivation) for block in plain.transformer.h)
+    batch = tokenizer(["Win a free cruise now", "see you at 6"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        fused, reference = tiny_model.eval()(**batch).logits, plain.eval()(**batch).logits
+    assert torch.allclose(fused, reference, atol=1e-5)
