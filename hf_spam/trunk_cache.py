@@ -309,10 +309,6 @@ class FrozenTrunkTail(nn.Module):
         self.apply_ln_f = not _trunk_includes_ln_f(classifier, n_frozen)
 
     @property
-    def score(self) -> nn.Module:
-        return self.classifier.score
-
-    @property
     def config(self):
         return self.classifier.config
 
