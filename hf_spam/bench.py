@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from hf_spam.malloc import keep_freed_memory
+
 FULL = {
     "model_name_or_path": "gpt2",
     "init": "random",
@@ -234,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     if args._variant:
         run_variant(json.loads(args._variant), args._out)
         return 0
+    keep_freed_memory()  # the floor and the pipeline run here: the same allocator settings as train and predict
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is built locally: never wait on the Hub
     with tempfile.TemporaryDirectory(prefix="hf_spam_bench_") as tmp:
         workdir = args.workdir or Path(tmp)

@@ -36,7 +36,9 @@ def predict_command(args: argparse.Namespace) -> int:
     from safetensors import SafetensorError
 
     from hf_spam.inference import load_classifier
+    from hf_spam.malloc import keep_freed_memory
 
+    keep_freed_memory()
     try:
         classifier = load_classifier(args.model, batch_size=args.batch_size, device=args.device, dtype=args.dtype)
     # Refused (UnsafeModelError is a ValueError), missing, not a model directory, or a config.json or

@@ -64,6 +64,16 @@ def load_classifier(
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(torch.device(f"cuda:{device}" if isinstance(device, int) else device))
+    return classifier(model, tokenizer, batch_size, dtype)
+
+
+def classifier(
+    model: GPT2ForSequenceClassification, tokenizer, batch_size: int = 64, dtype: str = "float32"
+) -> Callable[[list[str]], list[dict]]:
+    """`load_classifier`'s function for a model already in memory (put in eval mode), on its device."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
+    model.eval()
     max_length = model.config.n_positions
 
     def predict(texts: list[str]) -> list[dict]:

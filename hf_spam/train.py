@@ -30,7 +30,8 @@ from hf_spam.data import (
     tokenize_splits,
 )
 from hf_spam.hub import push_output_dir
-from hf_spam.inference import BOOK_EXAMPLES, load_classifier
+from hf_spam.inference import BOOK_EXAMPLES, classifier
+from hf_spam.malloc import keep_freed_memory
 from hf_spam.metrics import compute_metrics
 from hf_spam.model_card import ModelCardCallback, SpamModelCardData, write_model_card
 from hf_spam.modeling import (
@@ -61,6 +62,7 @@ USER_ERRORS = (
 
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_args(argv)
+    keep_freed_memory()
 
     # hf_spam reports what it does (data source, cache, parameter counts) at INFO on the main process;
     # Transformers keeps its own level unless --log_level asks for another.
@@ -213,8 +215,8 @@ def main(argv: list[str] | None = None) -> dict:
         summary["model_card"] = dataclasses.asdict(card)  # lets `hf-spam push` re-render it for a repo id
         (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(metrics_table(results))
-        classifier = load_classifier(training_args.output_dir)
-        for text, prediction in zip(BOOK_EXAMPLES, classifier(BOOK_EXAMPLES), strict=True):
+        # The trained model in memory, not a reload of output_dir: a second copy would be the run's peak memory.
+        for text, prediction in zip(BOOK_EXAMPLES, classifier(model, tokenizer)(BOOK_EXAMPLES), strict=True):
             print(f"{prediction['label']:>4} {prediction['score']:.3f}  {text}")
         if push_to_hub:
             url = push_output_dir(output_dir, card.model_id, private=training_args.hub_private_repo, token=hub_token)

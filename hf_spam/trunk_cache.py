@@ -85,7 +85,6 @@ def _trunk_fingerprint(model: GPT2ForSequenceClassification, n_frozen: int, dtyp
     return digest.hexdigest()[:16]
 
 
-@torch.no_grad()
 def compute_trunk_states(
     model: GPT2ForSequenceClassification,
     n_frozen: int,
@@ -97,8 +96,28 @@ def compute_trunk_states(
 ) -> list[torch.Tensor]:
     """Hidden states entering block `n_frozen` for each message, unpadded: `[len_i, n_embd]` each, float32.
 
+    Views, in input order, of the tensor `trunk_pass` returns.
+    """
+    states = trunk_pass(model, n_frozen, input_ids, batch_size, device, dtype, desc)
+    return list(states.split([len(ids) for ids in input_ids]))
+
+
+@torch.no_grad()
+def trunk_pass(
+    model: GPT2ForSequenceClassification,
+    n_frozen: int,
+    input_ids: list[list[int]],
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    desc: str = "Frozen trunk",
+) -> torch.Tensor:
+    """The hidden states entering block `n_frozen`, message after message in input order: `[tokens, n_embd]`.
+
     Batches are sorted by length so that little is padded; `dtype=torch.bfloat16` runs the trunk's matrix
-    products in bfloat16 (faster where the device supports it, not exact).
+    products in bfloat16 (faster where the device supports it, not exact). The result is allocated before the
+    first batch: thousands of small long-lived per-message copies would sit in the holes that the batches'
+    large activations leave when freed, keep them from merging, and make the heap grow batch after batch.
     """
     view = trunk = trunk_module(model, n_frozen)
     was_training = view.training
@@ -110,23 +129,25 @@ def compute_trunk_states(
         for module in trunk.modules():
             if isinstance(module, Conv1D):
                 module.weight.data = module.weight.data.to(dtype)
-    order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]))
-    states: list[torch.Tensor | None] = [None] * len(input_ids)
+    lengths = [len(ids) for ids in input_ids]
+    order = sorted(range(len(input_ids)), key=lengths.__getitem__)
+    states = torch.empty(sum(lengths), model.config.n_embd)
+    starts = np.cumsum([0] + lengths).tolist()
     device = torch.device(device)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not logger.isEnabledFor(logging.INFO)):
         index = order[start : start + batch_size]
-        width = max(len(input_ids[i]) for i in index)
+        width = max(lengths[i] for i in index)
         ids = torch.zeros(len(index), width, dtype=torch.long)
         mask = torch.zeros(len(index), width, dtype=torch.long)
         for row, i in enumerate(index):
-            ids[row, : len(input_ids[i])] = torch.tensor(input_ids[i])
-            mask[row, : len(input_ids[i])] = 1
+            ids[row, : lengths[i]] = torch.tensor(input_ids[i])
+            mask[row, : lengths[i]] = 1
         with autocast:
             hidden = trunk(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
         hidden = hidden.float().cpu()
         for row, i in enumerate(index):
-            states[i] = hidden[row, : len(input_ids[i])].clone()
+            states[starts[i] : starts[i + 1]] = hidden[row, : lengths[i]]
     view.train(was_training)
     return states
 
@@ -159,7 +180,7 @@ def cached_trunk_states(
         logger.info("Frozen trunk states for %s loaded from %s", name, paths[name][0])
     if missing:
         input_ids = {name: list(splits[name]["input_ids"]) for name in missing}
-        states = compute_trunk_states(
+        states = trunk_pass(
             model,
             n_frozen,
             [ids for name in missing for ids in input_ids[name]],
@@ -170,19 +191,19 @@ def cached_trunk_states(
         )
         first = 0
         for name in missing:
-            split_states = states[first : first + len(input_ids[name])]
-            first += len(split_states)
-            _write_states(split_states, *paths[name])
+            lengths = [len(ids) for ids in input_ids[name]]
+            _write_states(states[first : first + sum(lengths)], lengths, *paths[name])
+            first += sum(lengths)
             logger.info("Frozen trunk states for %s cached at %s", name, paths[name][0])
     return {name: TrunkStateStore(*paths[name]) for name in splits}
 
 
-def _write_states(states: list[torch.Tensor], path: Path, offsets_path: Path) -> None:
-    offsets = np.cumsum([0] + [len(s) for s in states])
+def _write_states(states: torch.Tensor, lengths: list[int], path: Path, offsets_path: Path) -> None:
+    offsets = np.cumsum([0] + lengths)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Offsets first, states last: the states file is what marks an entry complete, and each is written beside
     # its target and renamed, so a killed run never leaves a partial file that a later run trusts.
-    for target, array in ((offsets_path, offsets), (path, torch.cat(states).numpy())):
+    for target, array in ((offsets_path, offsets), (path, states.numpy())):
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
         try:
             with os.fdopen(fd, "wb") as f:

@@ -165,14 +165,14 @@ def test_states_are_cached_on_disk_and_reused(tiny_model, tokenizer, tmp_path, m
     def must_not_run(*args, **kwargs):
         raise AssertionError("the trunk ran again although its states were cached")
 
-    monkeypatch.setattr(trunk_cache, "compute_trunk_states", must_not_run)
+    monkeypatch.setattr(trunk_cache, "trunk_pass", must_not_run)
     second = cached_trunk_states(tiny_model, 2, {"train": data}, cache_dir=tmp_path)["train"]
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
     assert [len(s) for s in first] == [len(ids) for ids in data["input_ids"]]
-    direct = compute_trunk_states(tiny_model, 2, list(data["input_ids"]))
-    assert all(torch.equal(a, b) for a, b in zip(first, direct, strict=True))
 
     monkeypatch.undo()
+    direct = compute_trunk_states(tiny_model, 2, list(data["input_ids"]))
+    assert all(torch.equal(a, b) for a, b in zip(first, direct, strict=True))
     with torch.no_grad():
         tiny_model.transformer.h[0].mlp.c_fc.weight.add_(0.01)  # other trunk weights: another cache entry
     cached_trunk_states(tiny_model, 2, {"train": data}, cache_dir=tmp_path)
@@ -189,18 +189,16 @@ def test_missing_splits_share_one_trunk_pass(tiny_model, tokenizer, tmp_path, mo
     }
     cached_trunk_states(tiny_model, 2, {"validation": splits["validation"]}, cache_dir=tmp_path)
     passes = []
-    compute = trunk_cache.compute_trunk_states
+    trunk_pass = trunk_cache.trunk_pass
     monkeypatch.setattr(
-        trunk_cache,
-        "compute_trunk_states",
-        lambda m, n, ids, *a, **k: passes.append(len(ids)) or compute(m, n, ids, *a, **k),
+        trunk_cache, "trunk_pass", lambda m, n, ids, *a, **k: passes.append(len(ids)) or trunk_pass(m, n, ids, *a, **k)
     )
 
     stores = cached_trunk_states(tiny_model, 2, splits, cache_dir=tmp_path, batch_size=4)
 
     assert passes == [12 + 5]  # train and test together; validation came from the cache
     for name, split in splits.items():
-        alone = compute(tiny_model, 2, list(split["input_ids"]), batch_size=3)
+        alone = compute_trunk_states(tiny_model, 2, list(split["input_ids"]), batch_size=3)
         assert len(stores[name]) == len(split)
         for a, b in zip(stores[name], alone, strict=True):
             assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
