@@ -286,13 +286,16 @@ def last_block_at_ends(block: nn.Module, hidden_states: torch.Tensor, ends: torc
     while the query, the attention, `c_proj` and the MLP (5/6 of the block's arithmetic) run for one token
     per message. The same computation as `block(...)` followed by picking the last tokens, up to rounding.
     """
-    attn = block.attn
+    attn, ln_1 = block.attn, block.ln_1
     hidden = hidden_states.reshape(-1, hidden_states.shape[-1])  # the packed row: [tokens, n_embd]
-    x = block.ln_1(hidden)
     dim, heads, head_dim = attn.embed_dim, attn.num_heads, attn.head_dim
     weight, bias = attn.c_attn.weight, attn.c_attn.bias  # Conv1D: x @ weight + bias, columns [query|key|value]
-    key_value = torch.addmm(bias[dim:], x, weight[:, dim:])
-    query = torch.addmm(bias[:dim], x[ends], weight[:, :dim])
+    if torch.is_grad_enabled() and not hidden.requires_grad:  # training from cached trunk states
+        normed = F.layer_norm(hidden, ln_1.normalized_shape, eps=ln_1.eps)
+        query, key_value = _QueryAtEndsKeyValue.apply(normed, ends, ln_1.weight, ln_1.bias, weight, bias)
+    else:
+        key_value = torch.addmm(bias[dim:], ln_1(hidden), weight[:, dim:])
+        query = torch.addmm(bias[:dim], ln_1(hidden[ends]), weight[:, :dim])
     # Gather each message's keys and values into a padded [messages, width] grid; the pads are masked.
     starts = torch.cat([ends.new_zeros(1), ends[:-1] + 1])
     lengths = ends - starts + 1
@@ -311,6 +314,44 @@ def last_block_at_ends(block: nn.Module, hidden_states: torch.Tensor, ends: torc
     )
     out = hidden[ends] + attn.resid_dropout(attn.c_proj(context.reshape(n_messages, dim)))
     return out + block.mlp(block.ln_2(out))
+
+
+class _QueryAtEndsKeyValue(torch.autograd.Function):
+    """`c_attn(ln_1(hidden))` of the final block when `hidden` is a constant (cached trunk states): the query
+    at the `ends` only, keys and values for every token. Takes `normed`, `hidden` layer-normed without affine.
+
+    Autograd would form the gradient of `ln_1`'s output for every token, a second `[tokens, n_embd]` matrix
+    product, only to reduce it to `ln_1`'s two vectors, and would build the weight's gradient from two zero-filled
+    full-size pieces, one per column slice. With `x = normed * gamma + beta`, `g` the gradient of the keys and
+    values, `M = normed^T @ g` and `s = g.sum(0)`, their part of the gradients is `d weight = gamma[:, None] * M
+    + outer(beta, s)`, `d bias = s`, `d gamma = (M * weight).sum(1)`, `d beta = weight @ s`: one product, written
+    straight into the weight's gradient beside the query's columns.
+    """
+
+    @staticmethod
+    def forward(ctx, normed, ends, gamma, beta, weight, bias):
+        dim = weight.shape[1] // 3
+        normed_ends = normed[ends]
+        x_ends = torch.addcmul(beta, normed_ends, gamma)
+        query = torch.addmm(bias[:dim], x_ends, weight[:, :dim])
+        key_value = torch.addmm(bias[dim:], torch.addcmul(beta, normed, gamma), weight[:, dim:])
+        ctx.save_for_backward(normed, normed_ends, x_ends, gamma, beta, weight)
+        return query, key_value
+
+    @staticmethod
+    def backward(ctx, grad_query, grad_key_value):
+        normed, normed_ends, x_ends, gamma, beta, weight = ctx.saved_tensors
+        dim = grad_query.shape[1]
+        products = normed.t() @ grad_key_value
+        sums = grad_key_value.sum(0)
+        grad_weight = torch.empty_like(weight)
+        torch.mm(x_ends.t(), grad_query, out=grad_weight[:, :dim])
+        torch.addr(gamma[:, None] * products, beta, sums, out=grad_weight[:, dim:])
+        grad_bias = torch.cat([grad_query.sum(0), sums])
+        grad_x_ends = grad_query @ weight[:, :dim].t()  # [messages, n_embd]: the query's share of ln_1's gradients
+        grad_gamma = (products * weight[:, dim:]).sum(1) + (grad_x_ends * normed_ends).sum(0)
+        grad_beta = weight[:, dim:] @ sums + grad_x_ends.sum(0)
+        return None, None, grad_gamma, grad_beta, grad_weight, grad_bias
 
 
 class FrozenTrunkTail(nn.Module):

@@ -90,20 +90,25 @@ def test_cached_path_gives_the_full_forward_logits_and_loss(tiny_model, tokenize
     "overrides",
     ["", "scale_attn_by_inverse_layer_idx=True", "scale_attn_weights=False", "reorder_and_upcast_attn=True"],
 )
-def test_final_block_at_message_ends_equals_the_whole_block(tokenizer, overrides):
+@pytest.mark.parametrize("input_needs_grad", [False, True], ids=["cached-input", "input-with-grad"])
+def test_final_block_at_message_ends_equals_the_whole_block(tokenizer, overrides, input_needs_grad):
     config_overrides = TINY_OVERRIDES + ("," + overrides if overrides else "")
     torch.manual_seed(0)
     model = load_model("gpt2", tokenizer, init="random", config_overrides=config_overrides)
     block = model.transformer.h[-1]
+    with torch.no_grad():  # a trained ln_1, not the initial gamma = 1, beta = 0 that hides terms of its gradient
+        block.ln_1.weight.normal_()
+        block.ln_1.bias.normal_()
     lengths = [5, 1, 9, 2]  # a one-token message too: it attends to itself only
     packed = collate_trunk_states(
         [{"hidden_states": torch.randn(n, model.config.n_embd), "labels": 0} for n in lengths]
     )
-    hidden = packed["hidden_states"].requires_grad_()
+    hidden = packed["hidden_states"].requires_grad_(input_needs_grad)
     ends = packed["packed_ends"]
+    wrt = [hidden, *block.parameters()] if input_needs_grad else list(block.parameters())
 
     fast = last_block_at_ends(block, hidden, ends)
-    fast_grads = torch.autograd.grad(fast.square().sum(), [hidden, *block.parameters()])
+    fast_grads = torch.autograd.grad(fast.square().sum(), wrt)
 
     mask = create_causal_mask(
         config=model.config,
@@ -113,7 +118,7 @@ def test_final_block_at_message_ends_equals_the_whole_block(tokenizer, overrides
         position_ids=packed["position_ids"],
     )
     whole = block(hidden, None, mask, None, use_cache=False, position_ids=packed["position_ids"])[0, ends]
-    whole_grads = torch.autograd.grad(whole.square().sum(), [hidden, *block.parameters()])
+    whole_grads = torch.autograd.grad(whole.square().sum(), wrt)
 
     assert fast.shape == (len(lengths), model.config.n_embd)
     assert torch.allclose(fast, whole, atol=1e-5)
