@@ -7,8 +7,9 @@
 
 Each training variant runs `hf_spam.train` in its own process (so peak RSS is its own), with its own empty
 cache directory (so (c) pays for its trunk pass), and then classifies the test split from the saved model so
-that (b) and (c) can be compared prediction by prediction. Prediction throughput compares `hf-spam predict`
-over the whole collection with a plain `pipeline()` called one message at a time.
+that (b) and (c) can be compared prediction by prediction. (c) and (d) run back to back, `--repeats` times, and
+c/d is the median of those pairs. Prediction throughput compares `hf-spam predict` over the whole collection
+with a plain `pipeline()` called one message at a time.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -179,7 +181,7 @@ def prediction_throughput(model_dir: str, n_messages: int | None) -> dict:
     return report
 
 
-def bench(quick: bool, workdir: Path) -> dict:
+def bench(quick: bool, workdir: Path, repeats: int = 1) -> dict:
     settings = QUICK if quick else FULL
     report = {
         "machine": {
@@ -191,17 +193,32 @@ def bench(quick: bool, workdir: Path) -> dict:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         },
         "quick": quick,
+        "repeats": repeats,
         "settings": settings,
         "variants": {},
     }
     variants = VARIANTS if not quick else {k: v for k, v in VARIANTS.items() if "bf16" not in k}
     for name, overrides in variants.items():
         report["variants"][name] = _child(name, {**settings, **overrides}, workdir)
+        if name == "c_hf_spam":
+            print("[bench] d_floor ...", file=sys.stderr, flush=True)
+            report["variants"]["d_floor"] = floor(settings)
     tokens = _train_tokens(settings) * float(settings["num_train_epochs"])
     for result in report["variants"].values():
-        result["train_tokens_per_s"] = round(tokens / result["train_runtime_s"])
-    print("[bench] d_floor ...", file=sys.stderr, flush=True)
-    report["variants"]["d_floor"] = floor(settings)
+        if "train_runtime_s" in result:
+            result["train_tokens_per_s"] = round(tokens / result["train_runtime_s"])
+    # The machine's speed drifts by 10-20% over minutes: c/d is measured on pairs run back to back, (c) then
+    # (d), and the median pair is reported. Each (c) starts with an empty trunk cache.
+    c_runs, d_runs = [report["variants"]["c_hf_spam"]], [report["variants"]["d_floor"]]
+    for repeat in range(2, repeats + 1):
+        c_runs.append(_child(f"c_hf_spam_{repeat}", {**settings, **VARIANTS["c_hf_spam"]}, workdir))
+        print(f"[bench] d_floor ({repeat}) ...", file=sys.stderr, flush=True)
+        d_runs.append(floor(settings))
+    report["c_over_d_pairs"] = [
+        {"c_seconds": c["seconds"], "c_peak_rss_mb": c["peak_rss_mb"], "d_seconds": d["seconds"],
+         "c_over_d": round(c["seconds"] / d["seconds"], 2)}
+        for c, d in zip(c_runs, d_runs, strict=True)
+    ]  # fmt: skip
 
     b, c = report["variants"]["b_dynamic"], report["variants"]["c_hf_spam"]
     pairs = list(zip(b.pop("test_predictions"), c.pop("test_predictions"), strict=True))
@@ -210,15 +227,15 @@ def bench(quick: bool, workdir: Path) -> dict:
         "identical_labels": sum(x["label"] == y["label"] for x, y in pairs),
         "max_score_difference": max(abs(x["score"] - y["score"]) for x, y in pairs),
     }
-    for result in report["variants"].values():
+    for result in [*report["variants"].values(), *c_runs]:
         result.pop("test_predictions", None)
     print("[bench] prediction throughput ...", file=sys.stderr, flush=True)
     report["predict"] = prediction_throughput(str(workdir / "c_hf_spam"), 300 if quick else None)
 
-    a, d = report["variants"]["a_book"], report["variants"]["d_floor"]
+    a = report["variants"]["a_book"]
     report["ratios"] = {
-        "a_over_c": round(a["seconds"] / c["seconds"], 2),
-        "c_over_d": round(c["seconds"] / d["seconds"], 2),
+        "a_over_c": round(a["seconds"] / statistics.median(run["seconds"] for run in c_runs), 2),
+        "c_over_d": round(statistics.median(pair["c_over_d"] for pair in report["c_over_d_pairs"]), 2),
         "predict_speedup": report["predict"]["hf_spam_predict_float32"]["speedup"],
         "predict_speedup_bf16": report["predict"]["hf_spam_predict_bfloat16"]["speedup"],
     }
@@ -228,11 +245,19 @@ def bench(quick: bool, workdir: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hf-spam bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="A tiny model and 1 epoch: under a minute, for CI.")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="Runs of (c) and (d), back to back, for c/d (default 3; 1 with --quick).",
+    )
     parser.add_argument("--workdir", type=Path, help="Where runs write (default: a temporary directory).")
     parser.add_argument("--output", type=Path, help="Also write the JSON report here.")
     parser.add_argument("--_variant", help=argparse.SUPPRESS)
     parser.add_argument("--_out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.repeats is not None and args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     if args._variant:
         run_variant(json.loads(args._variant), args._out)
         return 0
@@ -241,14 +266,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hf_spam_bench_") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        report = bench(args.quick, workdir)
+        report = bench(args.quick, workdir, args.repeats or (1 if args.quick else 3))
     text = json.dumps(report, indent=2)
     print(text)
     if args.output:
         args.output.write_text(text + "\n")
     r = report["ratios"]
+    pairs = ", ".join(f"{pair['c_over_d']}" for pair in report["c_over_d_pairs"])
     print(
-        f"a/c = {r['a_over_c']}x  c/d = {r['c_over_d']}x  "
+        f"a/c = {r['a_over_c']}x  c/d = {r['c_over_d']}x (median of {pairs})  "
         f"predict speedup = {r['predict_speedup']}x (float32), {r['predict_speedup_bf16']}x (bfloat16)"
     )
     return 0
