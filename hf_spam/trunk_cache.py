@@ -85,23 +85,6 @@ def _trunk_fingerprint(model: GPT2ForSequenceClassification, n_frozen: int, dtyp
     return digest.hexdigest()[:16]
 
 
-def compute_trunk_states(
-    model: GPT2ForSequenceClassification,
-    n_frozen: int,
-    input_ids: list[list[int]],
-    batch_size: int = 64,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-    desc: str = "Frozen trunk",
-) -> list[torch.Tensor]:
-    """Hidden states entering block `n_frozen` for each message, unpadded: `[len_i, n_embd]` each, float32.
-
-    Views, in input order, of the tensor `trunk_pass` returns.
-    """
-    states = trunk_pass(model, n_frozen, input_ids, batch_size, device, dtype, desc)
-    return list(states.split([len(ids) for ids in input_ids]))
-
-
 @torch.no_grad()
 def trunk_pass(
     model: GPT2ForSequenceClassification,
@@ -162,7 +145,7 @@ def cached_trunk_states(
     dtype: torch.dtype = torch.float32,
     trunk_fingerprint: str | None = None,
 ) -> dict[str, TrunkStateStore]:
-    """`compute_trunk_states` for each tokenized `datasets` split in `splits`, through the on-disk cache.
+    """`trunk_pass` for each tokenized `datasets` split in `splits`, through the on-disk cache.
 
     Each split's states are stored as one flat `[tokens, n_embd]` float32 array (`.npy`) plus offsets, and
     read back memory-mapped, so a split larger than RAM trains from the page cache. The splits missing from

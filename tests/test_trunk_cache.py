@@ -13,13 +13,19 @@ from hf_spam.trunk_cache import (
     TrunkStates,
     cached_trunk_states,
     collate_trunk_states,
-    compute_trunk_states,
     frozen_prefix,
     last_block_at_ends,
+    trunk_pass,
 )
 
 from .conftest import TINY_OVERRIDES
 from .test_trainer import MESSAGES
+
+
+def _states(model, n_frozen, input_ids, **kwargs) -> list[torch.Tensor]:
+    """`trunk_pass`, one `[len_i, n_embd]` tensor per message."""
+    input_ids = list(input_ids)
+    return list(trunk_pass(model, n_frozen, input_ids, **kwargs).split([len(ids) for ids in input_ids]))
 
 
 def _tokenized(tokenizer, n=20):
@@ -75,7 +81,7 @@ def test_cached_path_gives_the_full_forward_logits_and_loss(tiny_model, tokenize
     data = _tokenized(tokenizer, 8)
     tiny_model.eval()
     full_batch = DataCollatorWithPadding(tokenizer)([dict(r) for r in data])
-    states = compute_trunk_states(tiny_model, n_frozen, data["input_ids"], batch_size=3)
+    states = _states(tiny_model, n_frozen, data["input_ids"], batch_size=3)
     tail_batch = collate_trunk_states(list(TrunkStates(states, data["label"])))
     trainer = SpamTrainer(model=tiny_model, args=_args(tmp_path))
     with torch.no_grad():
@@ -135,7 +141,7 @@ def test_training_from_the_cache_matches_training_without_it(tokenizer, tmp_path
         freeze(model, "last_block")
         if use_cache:
             n_frozen, _ = frozen_prefix(model)
-            states = compute_trunk_states(model, n_frozen, data["input_ids"])
+            states = _states(model, n_frozen, data["input_ids"])
             train_model, features, collator = (
                 FrozenTrunkTail(model, n_frozen),
                 TrunkStates(states, data["label"]),
@@ -176,7 +182,7 @@ def test_states_are_cached_on_disk_and_reused(tiny_model, tokenizer, tmp_path, m
     assert [len(s) for s in first] == [len(ids) for ids in data["input_ids"]]
 
     monkeypatch.undo()
-    direct = compute_trunk_states(tiny_model, 2, list(data["input_ids"]))
+    direct = _states(tiny_model, 2, list(data["input_ids"]))
     assert all(torch.equal(a, b) for a, b in zip(first, direct, strict=True))
     with torch.no_grad():
         tiny_model.transformer.h[0].mlp.c_fc.weight.add_(0.01)  # other trunk weights: another cache entry
@@ -203,7 +209,7 @@ def test_missing_splits_share_one_trunk_pass(tiny_model, tokenizer, tmp_path, mo
 
     assert passes == [12 + 5]  # train and test together; validation came from the cache
     for name, split in splits.items():
-        alone = compute_trunk_states(tiny_model, 2, list(split["input_ids"]), batch_size=3)
+        alone = _states(tiny_model, 2, list(split["input_ids"]), batch_size=3)
         assert len(stores[name]) == len(split)
         for a, b in zip(stores[name], alone, strict=True):
             assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
@@ -224,8 +230,8 @@ def test_bfloat16_trunk_is_close_and_leaves_the_model_as_it_was(tiny_model, toke
     tiny_model.train()
     before = {name: p.detach().clone() for name, p in tiny_model.state_dict().items()}
     ids = list(_tokenized(tokenizer, 8)["input_ids"])
-    exact = compute_trunk_states(tiny_model, 2, ids)
-    fast = compute_trunk_states(tiny_model, 2, ids, dtype=torch.bfloat16)
+    exact = _states(tiny_model, 2, ids)
+    fast = _states(tiny_model, 2, ids, dtype=torch.bfloat16)
     assert all(f.dtype == torch.float32 and f.shape == e.shape for f, e in zip(fast, exact, strict=True))
     assert all(torch.allclose(f, e, atol=0.05, rtol=0.02) for f, e in zip(fast, exact, strict=True))
     assert any(not torch.equal(f, e) for f, e in zip(fast, exact, strict=True))
