@@ -41,6 +41,7 @@ def _page_faults(mode: str) -> tuple[str, int]:
 def test_a_steps_freed_gradients_are_reused_without_page_faults():
     applied, faults = _page_faults("keep")
     assert applied == "True"
-    assert faults < GRADIENT_PAGES // 10  # ten steps, less than a tenth of one gradient faulted in
+    # Over ten steps: a few hundred pages, or once in a while one gradient's worth when the heap grows once.
+    assert faults < 2.5 * GRADIENT_PAGES
     _, default_faults = _page_faults("default")
-    assert default_faults > 10 * GRADIENT_PAGES // 2  # glibc's defaults: most of each gradient, every step
+    assert default_faults > 7.5 * GRADIENT_PAGES  # glibc's defaults: nearly every page of every step's gradient
