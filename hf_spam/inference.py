@@ -50,8 +50,7 @@ def load_classifier(
     CPUs with AVX-512 BF16 or AMX and on recent GPUs, but not exact: a score can move in its second decimal,
     and a message near 0.5 can change label.
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
+    _torch_dtype(dtype)  # before loading: an unknown dtype fails at once
     check_local_model_dir(model_dir)
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)  # first: a broken one fails clearly
     tokenizer = AutoTokenizer.from_pretrained(model_dir, config=config, trust_remote_code=False)
@@ -71,8 +70,7 @@ def classifier(
     model: GPT2ForSequenceClassification, tokenizer, batch_size: int = 64, dtype: str = "float32"
 ) -> Callable[[list[str]], list[dict]]:
     """`load_classifier`'s function for a model already in memory (put in eval mode), on its device."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
+    torch_dtype = _torch_dtype(dtype)
     model.eval()
     max_length = model.config.n_positions
 
@@ -81,7 +79,7 @@ def classifier(
         input_ids = tokenizer(distinct, truncation=True, max_length=max_length)["input_ids"]
         order = sorted(range(len(distinct)), key=lambda i: len(input_ids[i]))
         answers: dict[str, dict] = {}
-        autocast = torch.autocast(model.device.type, dtype=DTYPES[dtype], enabled=dtype != "float32")
+        autocast = torch.autocast(model.device.type, dtype=torch_dtype, enabled=torch_dtype != torch.float32)
         with torch.inference_mode(), autocast:
             for start in range(0, len(order), batch_size):
                 index = order[start : start + batch_size]
@@ -95,3 +93,9 @@ def classifier(
         return [dict(answers[text]) for text in texts]
 
     return predict
+
+
+def _torch_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]

@@ -175,8 +175,9 @@ def cached_trunk_states(
         first = 0
         for name in missing:
             lengths = [len(ids) for ids in input_ids[name]]
-            _write_states(states[first : first + sum(lengths)], lengths, *paths[name])
-            first += sum(lengths)
+            last = first + sum(lengths)
+            _write_states(states[first:last], lengths, *paths[name])
+            first = last
             logger.info("Frozen trunk states for %s cached at %s", name, paths[name][0])
     return {name: TrunkStateStore(*paths[name]) for name in splits}
 
