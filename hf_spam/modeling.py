@@ -1,16 +1,27 @@
-"""Load GPT-2 and its tokenizer as a 2-class spam classifier, and choose which parameters train."""
+"""Load a decoder (GPT-2 by default) and its tokenizer as a 2-class spam classifier; choose what trains."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoTokenizer, GPT2Config, GPT2ForSequenceClassification, GPT2Tokenizer
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    GPT2Tokenizer,
+    PreTrainedModel,
+)
 from transformers.activations import GELUTanh
+from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +51,10 @@ class HubUnreachableError(OSError):
 
 class UnsafeModelError(ValueError):
     """A model hf_spam refuses to load: pickled weights only, or custom code."""
+
+
+class UnsupportedModelError(ValueError):
+    """Not a decoder-only model with a last-token classifier (an encoder, an encoder-decoder, ...)."""
 
 
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
@@ -92,12 +107,13 @@ def bundled_tokenizer() -> GPT2Tokenizer:
 
 
 def load_tokenizer(name_or_path: str | None = None, use_bundled: bool = False):
-    """The GPT-2 tokenizer configured for classification.
+    """The model's tokenizer configured for classification: right padding, a pad token no text can produce.
 
-    `<|endoftext|>` doubles as the pad token (GPT-2 has none) and padding is on the right, so the causal
-    mask keeps real tokens from seeing pads. `split_special_tokens=True` is stored in the tokenizer config so
-    that every later user of the saved tokenizer, `pipeline()` included, tokenizes a literal "<|endoftext|>"
-    in a message as text; id 50256 then only ever means padding.
+    `split_special_tokens=True` is stored in the tokenizer config, so that every later user of the saved
+    tokenizer, `pipeline()` included, tokenizes a literal special-token string in a message ("<|endoftext|>",
+    "<|im_end|>") as text. The pad id then only ever means padding, whichever special token it is: GPT-2 has
+    none and pads with `<|endoftext|>`, SmolLM2 pads with its EOS `<|im_end|>`, Gemma has `<pad>`. The BOS or
+    EOS tokens a tokenizer adds itself (Gemma adds a BOS) stay as the model expects them.
     """
     if use_bundled or name_or_path is None:
         tokenizer = bundled_tokenizer()
@@ -109,9 +125,25 @@ def load_tokenizer(name_or_path: str | None = None, use_bundled: bool = False):
                 raise
             raise _unreachable("tokenizer", name_or_path, err) from err
     tokenizer.split_special_tokens = True
-    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.pad_token = pad_token_for(tokenizer)
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+def pad_token_for(tokenizer) -> str:
+    """The tokenizer's own pad token, else its EOS, else another special token: the first that tokenizing
+    never produces. A probe made of every special-token string as text, plus what the tokenizer adds itself,
+    must not contain it: the model's own pooling (and `pipeline()`) reads the last non-pad id as the last token.
+    """
+    special = list(tokenizer.all_special_tokens)
+    probe = set(tokenizer(" ".join([*special, "Hello world"]), split_special_tokens=True)["input_ids"])
+    for token in dict.fromkeys([tokenizer.pad_token, tokenizer.eos_token, tokenizer.unk_token, *special]):
+        if token is not None and tokenizer.convert_tokens_to_ids(token) not in probe:
+            return token
+    raise ValueError(
+        f"tokenizer {tokenizer.name_or_path}: every special token ({', '.join(special) or 'none'}) can come out of "
+        "tokenizing a message, so none can mark padding; add a pad token to the tokenizer"
+    )
 
 
 def parse_config_overrides(overrides: str | None) -> dict:
@@ -142,11 +174,12 @@ def load_model(
     config_overrides: str | None = None,
     revision: str = "main",
     torch_dtype: torch.dtype = torch.float32,
-) -> GPT2ForSequenceClassification:
-    """`GPT2ForSequenceClassification` with a new 2-way `score` head, labels named for `pipeline()`.
+) -> PreTrainedModel:
+    """A decoder's `*ForSequenceClassification` with a new 2-way `score` head, labels named for `pipeline()`.
 
-    `init="pretrained"` loads GPT-2 weights (safetensors only, never remote code); `init="random"` builds the
-    same architecture from a `GPT2Config` without downloading anything.
+    GPT-2 by default; any decoder-only model that `AutoModelForSequenceClassification` supports (Llama,
+    Qwen2/3, Gemma 3, Mistral, ...). `init="pretrained"` loads the weights (safetensors only, never remote
+    code); `init="random"` builds the same architecture from its config (for the gpt2 names, with no download).
     """
     settings = {
         "num_labels": 2,
@@ -156,61 +189,131 @@ def load_model(
         # The pad id must live in the saved config: the model's own pooling (used by `pipeline()`) finds
         # the last real token as the rightmost non-pad id.
         "pad_token_id": int(tokenizer.pad_token_id),
-        "resid_pdrop": dropout,
-        "embd_pdrop": dropout,
-        "attn_pdrop": dropout,
-        "summary_first_dropout": dropout,
         **parse_config_overrides(config_overrides),
     }
-    if init == "random":
-        if model_name_or_path in SHAPES:
-            config = GPT2Config(**{**SHAPES[model_name_or_path], "vocab_size": len(tokenizer), **settings})
-        else:
-            config = AutoConfig.from_pretrained(_hub_id(model_name_or_path), revision=revision, **settings)
-        _refuse_remote_code(config, model_name_or_path)
-        model = GPT2ForSequenceClassification(config)
-        logger.info("Built %s with random weights (%s parameters)", model_name_or_path, f"{model.num_parameters():,}")
-    elif init == "pretrained":
-        check_local_model_dir(model_name_or_path)
+    if init not in ("pretrained", "random"):
+        raise ValueError(f"init must be 'pretrained' or 'random', got {init!r}")
+    if init == "random" and model_name_or_path in SHAPES:
+        config = GPT2Config(**{**SHAPES[model_name_or_path], "vocab_size": len(tokenizer), **settings})
+    else:
+        if init == "pretrained":
+            check_local_model_dir(model_name_or_path)
         try:
             config = AutoConfig.from_pretrained(_hub_id(model_name_or_path), revision=revision, **settings)
-            _refuse_remote_code(config, model_name_or_path)
-            model = GPT2ForSequenceClassification.from_pretrained(
-                _hub_id(model_name_or_path),
-                config=config,
-                revision=revision,
-                use_safetensors=True,
-                trust_remote_code=False,
-                dtype=torch_dtype,
-            )
         except OSError as err:
             if Path(model_name_or_path).exists():
                 raise
             raise _unreachable("model", model_name_or_path, err) from err
+    check_decoder(config, model_name_or_path)
+    set_dropout(config, dropout)
+    if init == "random":
+        model = AutoModelForSequenceClassification.from_config(config)
+        logger.info("Built %s with random weights (%s parameters)", model_name_or_path, f"{model.num_parameters():,}")
     else:
-        raise ValueError(f"init must be 'pretrained' or 'random', got {init!r}")
+        model = AutoModelForSequenceClassification.from_pretrained(
+            _hub_id(model_name_or_path),
+            config=config,
+            revision=revision,
+            use_safetensors=True,
+            trust_remote_code=False,
+            dtype=torch_dtype,
+        )
     model.config.pad_token_id = int(tokenizer.pad_token_id)
     return use_fused_gelu(model)
 
 
-def use_fused_gelu(model: GPT2ForSequenceClassification) -> GPT2ForSequenceClassification:
+# Dropout rates by config field, for the families that have them (GPT-2's four; most others have one).
+DROPOUT_FIELDS = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout", "attention_dropout")
+
+
+def set_dropout(config, dropout: float) -> None:
+    for name in DROPOUT_FIELDS:
+        if hasattr(config, name):
+            setattr(config, name, dropout)
+
+
+def check_decoder(config, name: str) -> None:
+    """Refuse custom code, and any model that is not a decoder whose classifier reads the last token."""
+    if getattr(config, "auto_map", None):
+        raise UnsafeModelError(f"{name}: its config has an `auto_map` (custom code); hf_spam never runs remote code")
+    kind = config.model_type
+    if getattr(config, "is_encoder_decoder", False):
+        raise UnsupportedModelError(
+            f"{name}: {kind} is an encoder-decoder model; hf_spam fine-tunes decoder-only models, whose last "
+            "token has read the whole message (GPT-2, Llama, Qwen, Gemma, Mistral, ...)"
+        )
+    if kind not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+        raise UnsupportedModelError(f"{name}: Transformers has no sequence classifier for model_type {kind!r}")
+    with torch.device("meta"):  # the structure alone: no memory, no weights
+        probe = AutoModelForSequenceClassification.from_config(config)
+    if not isinstance(getattr(probe, "score", None), nn.Module):
+        raise UnsupportedModelError(
+            f"{name}: {kind} is an encoder ({type(probe).__name__} classifies a first-token or pooled "
+            "representation); hf_spam fine-tunes decoder-only models, whose causal last token has read the whole "
+            "message (GPT-2, Llama, Qwen, Gemma, Mistral, ...)"
+        )
+    try:
+        decoder_parts(probe)
+    except UnsupportedModelError as err:
+        raise UnsupportedModelError(f"{name}: hf_spam does not support {kind} yet: {err}") from None
+
+
+@dataclass
+class DecoderParts:
+    """A decoder classifier by role: its base model, the list of decoder layers, the final norm, the head.
+
+    Found from the model's own structure, for every family alike: `base_model` holds one `ModuleList` of
+    `num_hidden_layers` layers, after which exactly one child with parameters (the final norm) is registered;
+    the head is `score`, the last-token classifier every decoder `*ForSequenceClassification` has.
+    """
+
+    base: nn.Module = field(repr=False)
+    layers_name: str
+    norm_name: str
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return getattr(self.base, self.layers_name)
+
+    @property
+    def norm(self) -> nn.Module:
+        return getattr(self.base, self.norm_name)
+
+
+def decoder_parts(model: PreTrainedModel) -> DecoderParts:
+    base = model.base_model
+    children = list(base.named_children())
+    n_layers = model.config.num_hidden_layers
+    lists = [i for i, (_, m) in enumerate(children) if isinstance(m, nn.ModuleList) and len(m) == n_layers]
+    if len(lists) != 1:
+        raise UnsupportedModelError(f"{type(base).__name__} holds no single list of its {n_layers} decoder layers")
+    after = [name for name, m in children[lists[0] + 1 :] if any(True for _ in m.parameters())]
+    if len(after) != 1:
+        raise UnsupportedModelError(f"{type(base).__name__} has no single final norm after its layers ({after})")
+    return DecoderParts(base, children[lists[0]][0], after[0])
+
+
+def is_gpt2(model: PreTrainedModel) -> bool:
+    """GPT-2 keeps its fast paths (last-token final block, fused GELU); every other decoder takes the generic."""
+    return isinstance(model, GPT2ForSequenceClassification)
+
+
+def model_context(config) -> int:
+    """Tokens the model reads at most (`n_positions` for GPT-2, whose config maps it to this name)."""
+    return int(config.max_position_embeddings)
+
+
+def use_fused_gelu(model: PreTrainedModel) -> PreTrainedModel:
     """Compute GPT-2's `gelu_new` with PyTorch's fused kernel, `gelu(x, approximate="tanh")`.
 
     The same function (equal up to float rounding), but `gelu_new` is written as five elementwise tensor
     ops: about a fifth of a forward pass on CPU. The config keeps saying `gelu_new`, so the saved model is
-    still GPT-2's and loads anywhere as before.
+    still GPT-2's and loads anywhere as before. Other decoders are left as they are.
     """
-    if model.config.activation_function == "gelu_new":
+    if is_gpt2(model) and model.config.activation_function == "gelu_new":
         for block in model.transformer.h:
             block.mlp.act = GELUTanh()
     return model
-
-
-def _refuse_remote_code(config, name: str) -> None:
-    if getattr(config, "auto_map", None):
-        raise UnsafeModelError(f"{name}: its config has an `auto_map` (custom code); hf_spam never runs remote code")
-    if config.model_type != "gpt2":
-        raise ValueError(f"{name}: model_type is {config.model_type!r}; hf_spam fine-tunes GPT-2 models only")
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
@@ -222,29 +325,29 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def trainable_prefixes(n_layer: int, trainable: str) -> list[str]:
-    """Parameter-name prefixes that stay trainable for each `trainable` option."""
-    head = ["score."]
-    if trainable == "last_layer":
-        return head
-    if trainable == "last_block":
-        return [f"transformer.h.{n_layer - 1}.", "transformer.ln_f.", *head]
-    if trainable == "last_two_blocks":
-        return [f"transformer.h.{n_layer - 2}.", f"transformer.h.{n_layer - 1}.", "transformer.ln_f.", *head]
+def trainable_modules(model: PreTrainedModel, trainable: str) -> list[nn.Module]:
+    """The modules that train for each `trainable` option, by role, for every decoder family."""
     if trainable == "all":
-        return [""]
-    raise ValueError(f"trainable must be one of {TRAINABLE_CHOICES}, got {trainable!r}")
+        return [model]
+    blocks = {"last_layer": 0, "last_block": 1, "last_two_blocks": 2}.get(trainable)
+    if blocks is None:
+        raise ValueError(f"trainable must be one of {TRAINABLE_CHOICES}, got {trainable!r}")
+    parts = decoder_parts(model)
+    if blocks > len(parts.layers):
+        raise ValueError(f"trainable: {trainable} needs {blocks} layers; the model has {len(parts.layers)}")
+    tail = [*parts.layers[len(parts.layers) - blocks :], parts.norm] if blocks else []
+    return [*tail, model.score]
 
 
-def freeze(model: GPT2ForSequenceClassification, trainable: str = "last_block") -> list[str]:
-    """Freeze everything except the parameters `trainable` names (the book: last block, `ln_f`, head).
+def freeze(model: PreTrainedModel, trainable: str = "last_block") -> list[str]:
+    """Freeze everything except what `trainable` names (the book: the last block, the final norm, the head).
 
     Returns the names of the trainable parameters.
     """
-    prefixes = trainable_prefixes(model.config.n_layer, trainable)
+    keep = {id(p) for module in trainable_modules(model, trainable) for p in module.parameters()}
     names = []
     for name, param in model.named_parameters():
-        param.requires_grad = name.startswith(tuple(prefixes))
+        param.requires_grad = id(param) in keep
         if param.requires_grad:
             names.append(name)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,4 +1,5 @@
-"""Fine-tune GPT-2 into an SMS spam classifier: parse -> data -> model -> trainer -> evaluate -> save/push.
+"""Fine-tune a pretrained decoder (GPT-2 by default) into a spam classifier:
+parse -> base model -> data -> model -> trainer -> evaluate -> save/push.
 
 accelerate launch hf_spam/train.py --config configs/gpt2-small.yaml
 python -m hf_spam.train --config configs/tiny.yaml --output_dir outputs/tiny
@@ -35,16 +36,21 @@ from hf_spam.malloc import keep_freed_memory
 from hf_spam.metrics import compute_metrics
 from hf_spam.model_card import ModelCardCallback, SpamModelCardData, write_model_card
 from hf_spam.modeling import (
+    HUB_IDS,
+    SHAPES,
     HubUnreachableError,
     UnsafeModelError,
+    UnsupportedModelError,
     freeze,
     load_model,
     load_tokenizer,
+    model_context,
     weights_fingerprint,
 )
 from hf_spam.plots import plot_accuracy, plot_confusion_matrix, plot_loss
+from hf_spam.pretrained import EMBEDDED, hub_model_cached, hub_reachable, read_source, resolve_pretrained
 from hf_spam.trainer import SpamTrainer
-from hf_spam.trunk_cache import FrozenTrunkTail, collate_trunk_states, frozen_prefix, trunk_features
+from hf_spam.trunk_cache import collate_trunk_states, frozen_prefix, tail_for, trunk_features
 
 logger = logging.getLogger("hf_spam")
 # Input or environment problems whose message says what to fix; anything else keeps its traceback.
@@ -56,6 +62,7 @@ USER_ERRORS = (
     DownloadError,
     ConfigError,
     UnsafeModelError,
+    UnsupportedModelError,
     OSError,  # a full disk while saving (CheckpointSaveError), an unreadable model directory
 )
 
@@ -93,13 +100,16 @@ def main(argv: list[str] | None = None) -> dict:
     # is taken out of the arguments so that no saved file (training_args.bin) can carry it.
     push_to_hub, hub_token = training_args.push_to_hub, training_args.hub_token
     training_args.push_to_hub, training_args.hub_token = False, None
+
+    # ---- base model: the Hub, a local directory, or GGUF weights converted once ----
+    model_path, weights_source = resolve_base_model(model_args, training_args, data_args.data_cache_dir)
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     set_seed(training_args.seed)
 
     # ---- data ----
     tokenizer = load_tokenizer(
-        model_args.tokenizer_name_or_path or model_args.model_name_or_path,
-        use_bundled=model_args.init == "random" and model_args.tokenizer_name_or_path is None,
+        model_args.tokenizer_name_or_path or model_path,
+        use_bundled=model_args.init == "random" and model_path in SHAPES and model_args.tokenizer_name_or_path is None,
     )
     with training_args.main_process_first(desc="preparing the SMS Spam Collection"):
         splits, report = load_sms_spam(
@@ -116,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- model ----
     model = load_model(
-        model_args.model_name_or_path,
+        model_path,
         tokenizer,
         init=model_args.init,
         dropout=model_args.dropout,
@@ -124,11 +134,12 @@ def main(argv: list[str] | None = None) -> dict:
         revision=model_args.model_revision,
     )
     freeze(model, model_args.trainable)
-    max_length = min(data_args.max_length or model.config.n_positions, model.config.n_positions)
+    max_length = min(data_args.max_length or model_context(model.config), model_context(model.config))
     with training_args.main_process_first(desc="tokenizing"):
         tokenized = tokenize_splits(splits, tokenizer, max_length, data_args.padding, data_args.data_cache_dir)
 
-    n_frozen, why_not = frozen_prefix(model) if training_args.trunk_cache else (0, "trunk_cache is false")
+    probe = tokenized["train"]["input_ids"][:4]  # the generic cached path is checked against the model's forward
+    n_frozen, why_not = frozen_prefix(model, probe) if training_args.trunk_cache else (0, "trunk_cache is false")
     if n_frozen:
         logger.info(
             "Frozen-trunk cache on: blocks 0-%d run once per message, training starts at block %d",
@@ -146,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
                 device=training_args.device,
                 dtype=getattr(torch, training_args.trunk_dtype),
             )
-        train_model, collator = FrozenTrunkTail(model, n_frozen), collate_trunk_states
+        train_model, collator = tail_for(model, n_frozen), collate_trunk_states
     else:
         logger.info("Frozen-trunk cache off: %s", why_not)
         features, train_model, collator = tokenized, model, DataCollatorWithPadding(tokenizer)
@@ -155,7 +166,15 @@ def main(argv: list[str] | None = None) -> dict:
     eval_features = features if n_frozen else {split: length_sorted(features[split]) for split in features}
 
     card = SpamModelCardData.from_run(
-        model_args, data_args, training_args, report, model, max_length=max_length, trunk_cache=n_frozen > 0
+        model_args,
+        data_args,
+        training_args,
+        report,
+        model,
+        max_length=max_length,
+        trunk_cache=n_frozen > 0,
+        tokenizer=tokenizer,
+        weights_source=weights_source,
     )
     if push_to_hub:
         card.model_id = training_args.hub_model_id or Path(training_args.output_dir).name
@@ -194,6 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
             [results[split]["fn"], results[split]["tp"]],
         ]
     summary = {
+        "base_model": {"name": model_args.model_name_or_path, "loaded_from": model_path, "source": weights_source},
         "data": report.to_dict(),
         "metrics": results,
         "train": train_result.metrics,
@@ -222,6 +242,46 @@ def main(argv: list[str] | None = None) -> dict:
             url = push_output_dir(output_dir, card.model_id, private=training_args.hub_private_repo, token=hub_token)
             logger.info("Pushed %s to %s", output_dir, url)
     return summary
+
+
+def resolve_base_model(model_args, training_args, cache_dir: str | None) -> tuple[str, dict | None]:
+    """Where the base model loads from, and where its weights came from (`None` for a Hub checkpoint).
+
+    A Hub model that is neither cached nor reachable is decided on at once, with one request and no retries:
+    with `offline_fallback` set, that model (e.g. the embedded `smollm2-135m`) is trained instead, into an
+    output directory named after it; without it, an error that says what to do.
+    """
+    name = model_args.model_name_or_path
+    needs_hub = (
+        model_args.init == "pretrained"
+        and name not in EMBEDDED
+        and not Path(name).exists()
+        and (
+            model_args.gguf_file is not None
+            or not hub_model_cached(HUB_IDS.get(name, name), model_args.model_revision)
+        )
+    )
+    if needs_hub and not hub_reachable():
+        fallback = model_args.offline_fallback
+        if not fallback:
+            raise HubUnreachableError(
+                f"{name} is not in the local Hugging Face cache and the Hub cannot be reached. Use a local checkpoint "
+                f"(--model_name_or_path DIR), an embedded pretrained model (--model_name_or_path "
+                f"{' or '.join(EMBEDDED)}), or --offline_fallback smollm2-135m"
+            )
+        output_dir = str(Path(training_args.output_dir).with_name(Path(fallback).name))
+        logger.warning(
+            "The Hub cannot be reached, so %s cannot be downloaded: training the pretrained %s instead, with the same "
+            "recipe, into %s (offline_fallback; unset it to stop instead)",
+            name,
+            fallback,
+            output_dir,
+        )
+        model_args.model_name_or_path, model_args.gguf_file, training_args.output_dir = fallback, None, output_dir
+    path = resolve_pretrained(
+        model_args.model_name_or_path, model_args.gguf_file, model_args.model_revision, cache_dir
+    )
+    return path, read_source(path)
 
 
 def length_sorted(dataset):

@@ -27,57 +27,101 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import GPT2ForSequenceClassification
+from transformers import GPT2ForSequenceClassification, PreTrainedModel
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.pytorch_utils import Conv1D
 
+from hf_spam.modeling import DROPOUT_FIELDS, decoder_parts, is_gpt2
+
 logger = logging.getLogger(__name__)
 
 
-def frozen_prefix(model: GPT2ForSequenceClassification) -> tuple[int, str | None]:
-    """How many leading blocks the trunk cache can take over, and why not if it can't (0, reason).
+def frozen_prefix(model: PreTrainedModel, probe: list[list[int]] | None = None) -> tuple[int, str | None]:
+    """How many leading layers the trunk cache can take over, and why not if it can't (0, reason).
 
-    The cache is exact when every trainable parameter sits in the last blocks, `ln_f` or `score`, and the
-    frozen part has no active dropout (dropout would make its output differ from one epoch to the next).
+    The cache is exact when every trainable parameter sits in the last layers, the final norm or `score`,
+    and the frozen part has no active dropout (dropout would make its output differ from one epoch to the
+    next). For a decoder other than GPT-2, the tail runs the model's own layers on the cached states; with
+    `probe` (a few tokenized messages) its logits are compared with the model's plain forward, so that a
+    family whose forward adds anything the cache leaves out (absolute positions, say) is never trained wrong.
     """
-    transformer = model.transformer
-    if any(p.requires_grad for module in (transformer.wte, transformer.wpe) for p in module.parameters()):
+    parts = decoder_parts(model)
+    in_layers = {id(p) for p in parts.layers.parameters()} | {id(p) for p in parts.norm.parameters()}
+    if any(p.requires_grad for p in parts.base.parameters() if id(p) not in in_layers):
         return 0, "the embeddings are trainable"
-    trainable_blocks = [i for i, block in enumerate(transformer.h) if any(p.requires_grad for p in block.parameters())]
-    n_frozen = trainable_blocks[0] if trainable_blocks else len(transformer.h)
-    if trainable_blocks != list(range(n_frozen, len(transformer.h))):
-        return 0, f"the trainable blocks {trainable_blocks} are not the last ones"
+    layers = list(parts.layers)
+    trainable = [i for i, layer in enumerate(layers) if any(p.requires_grad for p in layer.parameters())]
+    n_frozen = trainable[0] if trainable else len(layers)
+    if trainable != list(range(n_frozen, len(layers))):
+        return 0, f"the trainable layers {trainable} are not the last ones"
     if n_frozen == 0:
-        return 0, "every block is trainable"
+        return 0, "every layer is trainable"
     config = model.config
-    dropouts = {"embd_pdrop": config.embd_pdrop, "attn_pdrop": config.attn_pdrop, "resid_pdrop": config.resid_pdrop}
-    active = {name: p for name, p in dropouts.items() if p > 0}
+    active = {name: getattr(config, name) for name in DROPOUT_FIELDS if getattr(config, name, 0)}
+    active.pop("summary_first_dropout", None)  # GPT-2's head-side dropout, after the trunk
+    trunk = trunk_module(model, n_frozen)
+    active |= {name: m.p for name, m in trunk.named_modules() if isinstance(m, nn.Dropout) and m.p > 0}
     if active:
-        return 0, f"the frozen blocks have active dropout {active}"
+        return 0, f"the frozen layers have active dropout {active}"
+    if probe and not is_gpt2(model):
+        error = tail_error(model, n_frozen, probe)
+        if not error <= 1e-4:
+            return 0, f"the cached path differs from {type(model).__name__}'s forward by {error:.2e} on a probe"
     return n_frozen, None
 
 
-def _trunk_includes_ln_f(model: GPT2ForSequenceClassification, n_frozen: int) -> bool:
-    return n_frozen == model.config.n_layer and not any(p.requires_grad for p in model.transformer.ln_f.parameters())
+def _trunk_includes_norm(model: PreTrainedModel, n_frozen: int) -> bool:
+    parts = decoder_parts(model)
+    return n_frozen == len(parts.layers) and not any(p.requires_grad for p in parts.norm.parameters())
 
 
-def trunk_module(model: GPT2ForSequenceClassification, n_frozen: int) -> nn.Module:
-    """A view of `model.transformer` that stops after `n_frozen` blocks, sharing its weights.
+def base_view(model: PreTrainedModel, layers: slice, keep_norm: bool) -> nn.Module:
+    """The model's base (GPT-2's `transformer`, Llama's `model`, ...) running only `layers`, sharing weights.
 
-    It is GPT-2's own forward (embeddings, positions, causal mask), with the later blocks left out and
-    `ln_f` replaced by the identity unless it is frozen too.
+    It is the model's own forward (embeddings, positions, masks, per-layer attention types), with the other
+    layers left out and the final norm replaced by the identity unless `keep_norm`. Its config is a copy that
+    counts only these layers, with their slice of `layer_types` (sliding-window and full-attention layers).
     """
-    trunk = copy.copy(model.transformer)
-    trunk._modules = dict(trunk._modules)  # a shallow copy would share (and let us edit) the original's dict
-    trunk.h = nn.ModuleList(list(model.transformer.h)[:n_frozen])
-    if not _trunk_includes_ln_f(model, n_frozen):
-        trunk.ln_f = nn.Identity()
-    return trunk
+    parts = decoder_parts(model)
+    view = copy.copy(parts.base)
+    view._modules = dict(view._modules)  # a shallow copy would share (and let us edit) the original's dict
+    kept = list(parts.layers)[layers]
+    view._modules[parts.layers_name] = nn.ModuleList(kept)
+    if not keep_norm:
+        view._modules[parts.norm_name] = nn.Identity()
+    view.config = copy.copy(view.config)
+    view.config.num_hidden_layers = len(kept)
+    if getattr(view.config, "layer_types", None) is not None:
+        view.config.layer_types = list(view.config.layer_types)[layers]
+    return view
 
 
-def _trunk_fingerprint(model: GPT2ForSequenceClassification, n_frozen: int, dtype: torch.dtype) -> str:
-    digest = hashlib.sha256(f"{n_frozen}|{dtype}|{_trunk_includes_ln_f(model, n_frozen)}".encode())
+def trunk_module(model: PreTrainedModel, n_frozen: int) -> nn.Module:
+    """The first `n_frozen` layers of the model's base, and the final norm only if it is frozen too."""
+    return base_view(model, slice(0, n_frozen), keep_norm=_trunk_includes_norm(model, n_frozen))
+
+
+@torch.no_grad()
+def tail_error(model: PreTrainedModel, n_frozen: int, input_ids: list[list[int]]) -> float:
+    """Largest logit difference between the cached path (trunk, then tail on packed states) and the plain
+    forward of the model on `input_ids`, in eval mode."""
+    was_training = model.training
+    model.eval()
+    states = trunk_pass(model, n_frozen, input_ids, desc="Probe")
+    batch = collate_trunk_states([{"hidden_states": s, "labels": 0} for s in _split_states(states, input_ids)])
+    cached = tail_for(model, n_frozen)(**batch).logits
+    plain = torch.stack([model(input_ids=torch.tensor([ids])).logits[0] for ids in input_ids])
+    model.train(was_training)
+    return float((cached - plain).abs().max())
+
+
+def _split_states(states: torch.Tensor, input_ids: list[list[int]]) -> list[torch.Tensor]:
+    return list(states.split([len(ids) for ids in input_ids]))
+
+
+def _trunk_fingerprint(model: PreTrainedModel, n_frozen: int, dtype: torch.dtype) -> str:
+    digest = hashlib.sha256(f"{n_frozen}|{dtype}|{_trunk_includes_norm(model, n_frozen)}".encode())
     digest.update(model.config.to_json_string(use_diff=False).encode())
     for name, tensor in trunk_module(model, n_frozen).state_dict().items():
         digest.update(name.encode())
@@ -87,7 +131,7 @@ def _trunk_fingerprint(model: GPT2ForSequenceClassification, n_frozen: int, dtyp
 
 @torch.no_grad()
 def trunk_pass(
-    model: GPT2ForSequenceClassification,
+    model: PreTrainedModel,
     n_frozen: int,
     input_ids: list[list[int]],
     batch_size: int = 64,
@@ -110,11 +154,11 @@ def trunk_pass(
         # matrix weights of a copy once instead. Layer norms and the residual stream stay in float32.
         trunk = copy.deepcopy(trunk)
         for module in trunk.modules():
-            if isinstance(module, Conv1D):
+            if isinstance(module, (Conv1D, nn.Linear)):
                 module.weight.data = module.weight.data.to(dtype)
     lengths = [len(ids) for ids in input_ids]
     order = sorted(range(len(input_ids)), key=lengths.__getitem__)
-    states = torch.empty(sum(lengths), model.config.n_embd)
+    states = torch.empty(sum(lengths), model.config.hidden_size)
     starts = np.cumsum([0] + lengths).tolist()
     device = torch.device(device)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
@@ -127,7 +171,7 @@ def trunk_pass(
             ids[row, : lengths[i]] = torch.tensor(input_ids[i])
             mask[row, : lengths[i]] = 1
         with autocast:
-            hidden = trunk(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+            hidden = trunk(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).last_hidden_state
         hidden = hidden.float().cpu()
         for row, i in enumerate(index):
             states[starts[i] : starts[i + 1]] = hidden[row, : lengths[i]]
@@ -136,7 +180,7 @@ def trunk_pass(
 
 
 def cached_trunk_states(
-    model: GPT2ForSequenceClassification,
+    model: PreTrainedModel,
     n_frozen: int,
     splits: Mapping,
     cache_dir: str | os.PathLike,
@@ -198,7 +242,7 @@ def _write_states(states: torch.Tensor, lengths: list[int], path: Path, offsets_
 
 
 def trunk_features(
-    model: GPT2ForSequenceClassification,
+    model: PreTrainedModel,
     n_frozen: int,
     tokenized,
     cache_dir: str | os.PathLike,
@@ -352,7 +396,7 @@ class FrozenTrunkTail(nn.Module):
         super().__init__()
         self.classifier = classifier
         self.n_frozen = n_frozen
-        self.apply_ln_f = not _trunk_includes_ln_f(classifier, n_frozen)
+        self.apply_ln_f = not _trunk_includes_norm(classifier, n_frozen)
 
     @property
     def config(self):
@@ -380,3 +424,40 @@ class FrozenTrunkTail(nn.Module):
         if self.apply_ln_f:
             hidden_states = transformer.ln_f(hidden_states)
         return SequenceClassifierOutput(logits=self.classifier.score(hidden_states))
+
+
+class DecoderTail(nn.Module):
+    """The trainable tail of any other decoder classifier: layers `n_frozen:`, the final norm, `score`.
+
+    The tail is the model's own base forward (`base_view`) fed the cached states as `inputs_embeds`, on packed
+    rows: with `position_ids` restarting per message and no attention mask, Transformers builds the
+    block-diagonal causal (and sliding-window) masks itself, and rotary positions restart with each message,
+    exactly as in a right-padded batch. It shares its parameters with `classifier`, which is what gets saved.
+    """
+
+    returns_last_token_logits = True  # `SpamTrainer` takes `logits` as they are, instead of pooling
+
+    def __init__(self, classifier: PreTrainedModel, n_frozen: int):
+        super().__init__()
+        self.classifier = classifier
+        self.n_frozen = n_frozen
+        self.apply_norm = not _trunk_includes_norm(classifier, n_frozen)
+
+    @property
+    def config(self):
+        return self.classifier.config
+
+    def forward(self, hidden_states, position_ids, packed_ends, labels=None, **kwargs) -> SequenceClassifierOutput:
+        parts = decoder_parts(self.classifier)
+        if self.n_frozen < len(parts.layers):
+            tail = base_view(self.classifier, slice(self.n_frozen, None), keep_norm=self.apply_norm)
+            hidden_states = tail(inputs_embeds=hidden_states, position_ids=position_ids, use_cache=False)[0]
+        elif self.apply_norm:
+            hidden_states = parts.norm(hidden_states)
+        last = hidden_states.reshape(-1, hidden_states.shape[-1])[packed_ends]
+        return SequenceClassifierOutput(logits=self.classifier.score(last))
+
+
+def tail_for(model: PreTrainedModel, n_frozen: int) -> nn.Module:
+    """GPT-2's last-token tail, or the generic one for every other decoder."""
+    return FrozenTrunkTail(model, n_frozen) if is_gpt2(model) else DecoderTail(model, n_frozen)

@@ -8,7 +8,6 @@ from hf_spam.modeling import (
     freeze,
     load_model,
     parse_config_overrides,
-    trainable_prefixes,
 )
 
 
@@ -54,9 +53,9 @@ def test_gpt2_small_last_block_trains_7_090_944_of_124_441_344_parameters():
     assert sum(p.numel() for p in model.parameters()) == 124_441_344
 
 
-def test_unknown_trainable_option_is_an_error():
+def test_unknown_trainable_option_is_an_error(tiny_model):
     with pytest.raises(ValueError, match="trainable must be one of"):
-        trainable_prefixes(12, "last_three_blocks")
+        freeze(tiny_model, "last_three_blocks")
 
 
 def test_config_overrides_are_typed():
