@@ -96,14 +96,19 @@ def _child(name: str, settings: dict, workdir: Path) -> dict:
     return json.loads(out.read_text())
 
 
+def _tokenizer(settings: dict):
+    from hf_spam.modeling import load_tokenizer
+
+    name = settings["model_name_or_path"]
+    return load_tokenizer(name, use_bundled=settings["init"] == "random" and name == "gpt2")
+
+
 def _train_tokens(settings: dict) -> int:
     """Real (non-pad) tokens one epoch of the training split holds."""
     from hf_spam.data import load_sms_spam
-    from hf_spam.modeling import load_tokenizer
 
     splits, _ = load_sms_spam(seed=int(settings["seed"]))
-    tokenizer = load_tokenizer(None, use_bundled=True)
-    encoded = tokenizer(list(splits["train"]["text"]), truncation=True, max_length=1024, split_special_tokens=True)
+    encoded = _tokenizer(settings)(list(splits["train"]["text"]), truncation=True, max_length=1024)
     return sum(len(ids) for ids in encoded["input_ids"])
 
 
@@ -111,13 +116,18 @@ def _train_tokens(settings: dict) -> int:
 def floor(settings: dict) -> dict:
     """(d): one no-grad forward of the whole model over every message of the splits, sorted by length."""
     from hf_spam.data import load_sms_spam
-    from hf_spam.modeling import load_model, load_tokenizer
+    from hf_spam.modeling import load_model, model_context
 
-    tokenizer = load_tokenizer(None, use_bundled=True)
+    tokenizer = _tokenizer(settings)
     splits, _ = load_sms_spam(seed=int(settings["seed"]))
     texts = [t for split in splits.values() for t in split["text"]]
-    model = load_model("gpt2", tokenizer, init="random", config_overrides=settings.get("config_overrides")).eval()
-    encoded = tokenizer(texts, truncation=True, max_length=model.config.n_positions, split_special_tokens=True)
+    model = load_model(
+        settings["model_name_or_path"],
+        tokenizer,
+        init=settings["init"],
+        config_overrides=settings.get("config_overrides"),
+    ).eval()
+    encoded = tokenizer(texts, truncation=True, max_length=model_context(model.config))
     ids = sorted(encoded["input_ids"], key=len)
     start = time.perf_counter()
     for i in range(0, len(ids), 64):
@@ -181,8 +191,16 @@ def prediction_throughput(model_dir: str, n_messages: int | None) -> dict:
     return report
 
 
-def bench(quick: bool, workdir: Path, repeats: int = 1) -> dict:
+def bench(quick: bool, workdir: Path, repeats: int = 1, model: str | None = None) -> dict:
+    """The whole comparison; with `model` (a pretrained decoder, e.g. smollm2-135m), (b), (c) and (d) only."""
     settings = QUICK if quick else FULL
+    if model is not None:
+        from hf_spam.pretrained import resolve_pretrained
+
+        # Converted (GGUF) or downloaded once, here: what the variants time is training, as for gpt2.
+        path = resolve_pretrained(model)
+        settings = {**settings, "model_name_or_path": path, "init": "pretrained"}
+        settings.pop("config_overrides", None)
     report = {
         "machine": {
             "platform": platform.platform(),
@@ -193,11 +211,14 @@ def bench(quick: bool, workdir: Path, repeats: int = 1) -> dict:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         },
         "quick": quick,
+        "model": model or f"gpt2 ({settings['init']})",
         "repeats": repeats,
         "settings": settings,
         "variants": {},
     }
     variants = VARIANTS if not quick else {k: v for k, v in VARIANTS.items() if "bf16" not in k}
+    if model is not None:  # the book's padded loop and the bf16 trunk are GPT-2 comparisons
+        variants = {k: v for k, v in VARIANTS.items() if k in ("b_dynamic", "c_hf_spam")}
     for name, overrides in variants.items():
         report["variants"][name] = _child(name, {**settings, **overrides}, workdir)
         if name == "c_hf_spam":
@@ -229,13 +250,18 @@ def bench(quick: bool, workdir: Path, repeats: int = 1) -> dict:
     }
     for result in [*report["variants"].values(), *c_runs]:
         result.pop("test_predictions", None)
+    c_median = statistics.median(run["seconds"] for run in c_runs)
+    report["ratios"] = {
+        "b_over_c": round(b["seconds"] / c_median, 2),
+        "c_over_d": round(statistics.median(pair["c_over_d"] for pair in report["c_over_d_pairs"]), 2),
+    }
+    if model is not None:
+        return report
     print("[bench] prediction throughput ...", file=sys.stderr, flush=True)
     report["predict"] = prediction_throughput(str(workdir / "c_hf_spam"), 300 if quick else None)
 
-    a = report["variants"]["a_book"]
-    report["ratios"] = {
-        "a_over_c": round(a["seconds"] / statistics.median(run["seconds"] for run in c_runs), 2),
-        "c_over_d": round(statistics.median(pair["c_over_d"] for pair in report["c_over_d_pairs"]), 2),
+    report["ratios"] |= {
+        "a_over_c": round(report["variants"]["a_book"]["seconds"] / c_median, 2),
         "predict_speedup": report["predict"]["hf_spam_predict_float32"]["speedup"],
         "predict_speedup_bf16": report["predict"]["hf_spam_predict_bfloat16"]["speedup"],
     }
@@ -250,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help="Runs of (c) and (d), back to back, for c/d (default 3; 1 with --quick).",
+    )
+    parser.add_argument(
+        "--model",
+        help="A pretrained decoder (e.g. smollm2-135m): times (b), (c) and (d) on it, with its real weights.",
     )
     parser.add_argument("--workdir", type=Path, help="Where runs write (default: a temporary directory).")
     parser.add_argument("--output", type=Path, help="Also write the JSON report here.")
@@ -266,13 +296,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hf_spam_bench_") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        report = bench(args.quick, workdir, args.repeats or (1 if args.quick else 3))
+        report = bench(args.quick, workdir, args.repeats or (1 if args.quick else 3), args.model)
     text = json.dumps(report, indent=2)
     print(text)
     if args.output:
         args.output.write_text(text + "\n")
     r = report["ratios"]
     pairs = ", ".join(f"{pair['c_over_d']}" for pair in report["c_over_d_pairs"])
+    if args.model:
+        print(f"{args.model}: b/c = {r['b_over_c']}x  c/d = {r['c_over_d']}x (median of {pairs})")
+        return 0
     print(
         f"a/c = {r['a_over_c']}x  c/d = {r['c_over_d']}x (median of {pairs})  "
         f"predict speedup = {r['predict_speedup']}x (float32), {r['predict_speedup_bf16']}x (bfloat16)"

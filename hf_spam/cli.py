@@ -1,4 +1,4 @@
-"""`hf-spam` command line: data | train | predict."""
+"""`hf-spam` command line: data | train | predict | push | bench | baseline."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def push_command(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="hf-spam", description="GPT-2 SMS spam classifiers on the Hugging Face stack."
+        prog="hf-spam", description="Decoder (GPT-2, Llama, Gemma, ...) spam classifiers on the Hugging Face stack."
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--split_ratios", nargs=3, type=float, default=[0.7, 0.1, 0.2])
     data.add_argument("--seed", type=int, default=123)
 
+    sub.add_parser(
+        "baseline", help="Char TF-IDF + logistic regression on the same splits (`hf-spam baseline --help`)."
+    )
     sub.add_parser("bench", help="Time the book's loop, plain Trainer and hf_spam (see `hf-spam bench --help`).")
     sub.add_parser(
         "train", help="Fine-tune (all flags of hf_spam/train.py; see `hf-spam train --help`).", add_help=False
@@ -148,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         from hf_spam.train import run
 
         return run(argv[1:])
+    if argv[:1] == ["baseline"]:
+        from hf_spam.baseline import main as baseline_main
+
+        return baseline_main(argv[1:])
     if argv[:1] == ["bench"]:
         from hf_spam.bench import main as bench_main
 

@@ -115,3 +115,14 @@ def test_subprocess_exit_code_is_2_for_a_malformed_file(tmp_path, malformed_file
     assert result.returncode == 2
     assert result.stdout == ""
     assert f"{malformed_file}:6: no tab" in result.stderr
+
+
+def test_tfidf_baseline_scores_every_split_of_the_same_data(canonical_file):
+    from hf_spam.baseline import tfidf_baseline
+    from hf_spam.data import load_sms_spam
+
+    splits, report = load_sms_spam(data_file=str(canonical_file))
+    results = tfidf_baseline(splits)
+    for name, size in report.splits.items():
+        assert results[name]["examples"] == size == sum(map(sum, results[name]["confusion_matrix"]))
+    assert results["test"]["accuracy"] > 0.9  # a strong baseline: character n-grams catch most spam

@@ -162,7 +162,10 @@ def test_training_from_the_cache_matches_training_without_it(tokenizer, tmp_path
         trained[use_cache] = ({n: p.detach().clone() for n, p in model.named_parameters()}, predictions)
     (plain_weights, plain_pred), (cached_weights, cached_pred) = trained[False], trained[True]
     for name, weight in plain_weights.items():
-        assert torch.allclose(weight, cached_weights[name], atol=1e-6), name
+        assert torch.allclose(weight, cached_weights[name], atol=1e-6), (
+            name,
+            (weight - cached_weights[name]).abs().max(),
+        )
     assert (plain_pred.argmax(-1) == cached_pred.argmax(-1)).all()
     assert torch.allclose(torch.as_tensor(plain_pred), torch.as_tensor(cached_pred), atol=1e-5)
 
