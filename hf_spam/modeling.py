@@ -181,6 +181,7 @@ def load_model(
     Qwen2/3, Gemma 3, Mistral, ...). `init="pretrained"` loads the weights (safetensors only, never remote
     code); `init="random"` builds the same architecture from its config (for the gpt2 names, with no download).
     """
+    overrides = parse_config_overrides(config_overrides)
     settings = {
         "num_labels": 2,
         "id2label": ID2LABEL,
@@ -189,27 +190,23 @@ def load_model(
         # The pad id must live in the saved config: the model's own pooling (used by `pipeline()`) finds
         # the last real token as the rightmost non-pad id.
         "pad_token_id": int(tokenizer.pad_token_id),
-        **parse_config_overrides(config_overrides),
+        # `dropout` sets every rate the family has; a rate named in config_overrides wins.
+        **{name: dropout for name in DROPOUT_FIELDS},
+        **overrides,
     }
     if init not in ("pretrained", "random"):
         raise ValueError(f"init must be 'pretrained' or 'random', got {init!r}")
     if init == "random" and model_name_or_path in SHAPES:
-        config = GPT2Config(**{**SHAPES[model_name_or_path], "vocab_size": len(tokenizer), **settings})
-    else:
-        if init == "pretrained":
-            check_local_model_dir(model_name_or_path)
-        try:
-            config = AutoConfig.from_pretrained(_hub_id(model_name_or_path), revision=revision, **settings)
-        except OSError as err:
-            if Path(model_name_or_path).exists():
-                raise
-            raise _unreachable("model", model_name_or_path, err) from err
-    check_decoder(config, model_name_or_path)
-    set_dropout(config, dropout)
-    if init == "random":
-        model = AutoModelForSequenceClassification.from_config(config)
-        logger.info("Built %s with random weights (%s parameters)", model_name_or_path, f"{model.num_parameters():,}")
-    else:
+        config = _configured(GPT2Config(**SHAPES[model_name_or_path], vocab_size=len(tokenizer)), settings)
+        check_decoder(config, model_name_or_path)
+        return use_fused_gelu(_built(config, model_name_or_path))
+    if init == "pretrained":
+        check_local_model_dir(model_name_or_path)
+    try:
+        config = _configured(AutoConfig.from_pretrained(_hub_id(model_name_or_path), revision=revision), settings)
+        check_decoder(config, model_name_or_path)
+        if init == "random":
+            return use_fused_gelu(_built(config, model_name_or_path))
         model = AutoModelForSequenceClassification.from_pretrained(
             _hub_id(model_name_or_path),
             config=config,
@@ -218,18 +215,29 @@ def load_model(
             trust_remote_code=False,
             dtype=torch_dtype,
         )
-    model.config.pad_token_id = int(tokenizer.pad_token_id)
+    except OSError as err:
+        if Path(model_name_or_path).exists():
+            raise
+        raise _unreachable("model", model_name_or_path, err) from err
     return use_fused_gelu(model)
+
+
+def _configured(config, settings: dict):
+    # Only the dropout rates this family has: another would be saved into its config.json for nothing.
+    for name, value in settings.items():
+        if name not in DROPOUT_FIELDS or hasattr(config, name):
+            setattr(config, name, value)
+    return config
+
+
+def _built(config, name: str) -> PreTrainedModel:
+    model = AutoModelForSequenceClassification.from_config(config)
+    logger.info("Built %s with random weights (%s parameters)", name, f"{model.num_parameters():,}")
+    return model
 
 
 # Dropout rates by config field, for the families that have them (GPT-2's four; most others have one).
 DROPOUT_FIELDS = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout", "attention_dropout")
-
-
-def set_dropout(config, dropout: float) -> None:
-    for name in DROPOUT_FIELDS:
-        if hasattr(config, name):
-            setattr(config, name, dropout)
 
 
 def check_decoder(config, name: str) -> None:

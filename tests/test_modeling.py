@@ -103,3 +103,21 @@ def test_gelu_runs_fused_and_the_saved_model_is_still_gpt2(tiny_model, tokenizer
     with torch.no_grad():
         fused, reference = tiny_model.eval()(**batch).logits, plain.eval()(**batch).logits
     assert torch.allclose(fused, reference, atol=1e-5)
+
+
+def test_pad_is_never_a_token_the_tokenizer_adds_itself():
+    """A tokenizer that puts its EOS in front of every message (as a BOS) cannot pad with it: the model's own
+    pooling would stop at that token. Its own pad token is taken instead; with none, the error says so."""
+    from tokenizers.processors import TemplateProcessing
+
+    from hf_spam.modeling import bundled_tokenizer, pad_token_for
+
+    tokenizer = bundled_tokenizer()
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", 50256)]
+    )
+    assert tokenizer("Hello world")["input_ids"] == [50256, 15496, 995]
+    with pytest.raises(ValueError, match="none can mark padding"):
+        pad_token_for(tokenizer)
+    tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    assert pad_token_for(tokenizer) == "<pad>"

