@@ -163,7 +163,7 @@ def test_training_from_the_cache_matches_training_without_it(tokenizer, tmp_path
     (plain_weights, plain_pred), (cached_weights, cached_pred) = trained[False], trained[True]
     # AdamW divides each gradient by its own running magnitude, so a rounding-level difference in a near-zero
     # gradient can move that weight by a fraction of the learning rate (1e-3 here): 1.25e-6 was seen on an
-    # AMD EPYC here for transformer.h.2.attn.c_attn.bias, with the code of main. 1e-5 is 1% of one step.
+    # Intel Xeon here for transformer.h.2.attn.c_attn.bias, with the code of main. 1e-5 is 1% of one step.
     for name, weight in plain_weights.items():
         assert torch.allclose(weight, cached_weights[name], atol=1e-5), (
             name,
