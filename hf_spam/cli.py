@@ -40,7 +40,9 @@ def predict_command(args: argparse.Namespace) -> int:
 
     keep_freed_memory()
     try:
-        classifier = load_classifier(args.model, batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+        classifier = load_classifier(
+            args.model, batch_size=args.batch_size, device=args.device, dtype=args.dtype, threshold=args.threshold
+        )
     # Refused (UnsafeModelError is a ValueError), missing, not a model directory, or a config.json or
     # model.safetensors that does not parse (JSONDecodeError, transformers' ValueError, SafetensorError).
     except (ValueError, OSError, SafetensorError) as err:
@@ -134,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=8192,
         help="Lines read from stdin per batch of work: larger chunks sort by length and dedupe better.",
+    )
+    predict.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="Spam when P(spam) >= this (default: the model's saved spam_threshold, else the argmax, as pipeline()).",
     )
     predict.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available).")
     predict.add_argument(

@@ -72,6 +72,17 @@ class DataReport:
     balance: str = "undersample"
     splits: dict[str, int] = field(default_factory=dict)
     split_labels: dict[str, dict[str, int]] = field(default_factory=dict)
+    # The distinct messages balancing left out, by label: never trained on, scored at the end to measure the
+    # false-positive rate at the data's own spam rate.
+    held_out: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def spam_rate(self) -> float:
+        """The spam share of the distinct messages (after dedupe, before balancing): the natural rate."""
+        totals = Counter(self.held_out)
+        for labels in self.split_labels.values():
+            totals.update(labels)
+        return totals["spam"] / max(sum(totals.values()), 1)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -332,8 +343,13 @@ def load_sms_spam(
     split_ratios: tuple[float, float, float] = (0.7, 0.1, 0.2),
     seed: int = 123,
     allow_bundled: bool = True,
+    keep_held_out: bool = False,
 ) -> tuple[DatasetDict, DataReport]:
-    """The raw pipeline up to (untokenized) train/validation/test splits, and a report of what it did."""
+    """The raw pipeline up to (untokenized) train/validation/test splits, and a report of what it did.
+
+    With `keep_held_out`, the splits also hold `held_out`: the distinct messages that balancing left out
+    (on the SMS data, 3,865 ham), for evaluation at the natural spam rate only.
+    """
     source, path = obtain_data_file(data_file, cache_dir, urls, download_timeout, allow_bundled)
     texts, labels, skipped = parse_data_file(path, lenient=lenient)
     report = DataReport(
@@ -350,6 +366,11 @@ def load_sms_spam(
         report.duplicates_removed = report.rows - len(texts)
     label_array = np.asarray(labels)
     keep = balance_indices(label_array, balance, seed)
+    left_out = np.setdiff1d(np.arange(len(label_array)), keep)
+    report.held_out = {n: int((label_array[left_out] == i).sum()) for i, n in enumerate(LABELS)}
+    held_out = Dataset.from_dict(
+        {"text": [texts[i] for i in left_out], "label": label_array[left_out].tolist()}, features=FEATURES
+    )
     label_array = label_array[keep]
     texts = [texts[i] for i in keep]
     splits = DatasetDict()
@@ -359,6 +380,8 @@ def load_sms_spam(
         )
         report.splits[name] = len(index)
         report.split_labels[name] = {n: int((label_array[index] == i).sum()) for i, n in enumerate(LABELS)}
+    if keep_held_out:
+        splits["held_out"] = held_out
     logger.info("SMS Spam Collection: %s", json.dumps(report.to_dict()))
     return splits, report
 

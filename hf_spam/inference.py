@@ -45,9 +45,17 @@ def last_token_logits(model: PreTrainedModel, input_ids: torch.Tensor, attention
 
 
 def load_classifier(
-    model_dir: str, batch_size: int = 64, device: str | int | None = None, dtype: str = "float32"
+    model_dir: str,
+    batch_size: int = 64,
+    device: str | int | None = None,
+    dtype: str = "float32",
+    threshold: float | None = None,
 ) -> Callable[[list[str]], list[dict]]:
     """A function `texts -> [{"label": "spam"|"ham", "score": float}, ...]`, in input order.
+
+    The label is the argmax, as in `pipeline()`, unless there is a decision threshold: `threshold`, else the
+    `spam_threshold` saved in the model's config (`--max_fpr` at training). Then a message is spam when its
+    spam probability is at least the threshold, and `score` is the probability of the label given.
 
     Texts longer than the model context are truncated to it. Only safetensors weights are loaded; no remote
     code runs. `dtype="bfloat16"` computes the matrix products in bfloat16 (autocast): about twice as fast on
@@ -66,16 +74,24 @@ def load_classifier(
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(torch.device(f"cuda:{device}" if isinstance(device, int) else device))
-    return classifier(model, tokenizer, batch_size, dtype)
+    return classifier(model, tokenizer, batch_size, dtype, threshold)
 
 
 def classifier(
-    model: PreTrainedModel, tokenizer, batch_size: int = 64, dtype: str = "float32"
+    model: PreTrainedModel,
+    tokenizer,
+    batch_size: int = 64,
+    dtype: str = "float32",
+    threshold: float | None = None,
 ) -> Callable[[list[str]], list[dict]]:
     """`load_classifier`'s function for a model already in memory (put in eval mode), on its device."""
     torch_dtype = _torch_dtype(dtype)
     model.eval()
     max_length = model_context(model.config)
+    threshold = threshold if threshold is not None else getattr(model.config, "spam_threshold", None)
+    spam = model.config.label2id.get("spam")
+    if threshold is not None and (spam is None or len(model.config.id2label) != 2 or not 0.0 <= threshold <= 1.0):
+        raise ValueError(f"threshold: a spam probability in [0, 1] for a ham/spam model, got {threshold!r}")
 
     def predict(texts: list[str]) -> list[dict]:
         distinct = list(dict.fromkeys(texts))  # real streams repeat messages: classify each once
@@ -90,7 +106,11 @@ def classifier(
                     {"input_ids": [input_ids[i] for i in index]}, padding_side="right", return_tensors="pt"
                 ).to(model.device)
                 probabilities = last_token_logits(model, **batch).float().softmax(-1).cpu()
-                scores, labels = probabilities.max(-1)
+                if threshold is None:
+                    scores, labels = probabilities.max(-1)
+                else:
+                    labels = torch.where(probabilities[:, spam] >= threshold, spam, 1 - spam)
+                    scores = probabilities.gather(1, labels[:, None])[:, 0]
                 for i, label, score in zip(index, labels.tolist(), scores.tolist(), strict=True):
                     answers[distinct[i]] = {"label": model.config.id2label[label], "score": score}
         return [dict(answers[text]) for text in texts]

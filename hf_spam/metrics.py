@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import cache
 from importlib import resources
 
@@ -29,3 +30,39 @@ def compute_metrics(eval_pred) -> dict:
     result.pop("confusion_matrix")
     result["examples"] = int(len(labels))
     return result
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (95% for z = 1.96): sound near 0, where a rare false
+    positive puts the plain normal interval below zero."""
+    if trials == 0:
+        return 0.0, 1.0
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z / (1 + z * z / trials) * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def at_spam_rate(test: dict, held_out: dict, spam_rate: float) -> dict:
+    """What the classifier does at the data's own spam rate, from messages it never trained on.
+
+    The false-positive rate is counted on all unseen ham (the test split's and the `held_out` messages that
+    balancing left out), recall on all unseen spam likewise; neither depends on the class mix, so precision at spam
+    share p follows as recall * p / (recall * p + fpr * (1 - p)). Intervals are Wilson 95%.
+    """
+    fp, tp = test["fp"] + held_out["fp"], test["tp"] + held_out["tp"]
+    ham = fp + test["tn"] + held_out["tn"]
+    spam = tp + test["fn"] + held_out["fn"]
+    fpr, recall = fp / max(ham, 1), tp / max(spam, 1)
+    flagged = recall * spam_rate + fpr * (1 - spam_rate)
+    return {
+        "spam_rate": spam_rate,
+        "unseen_ham": ham,
+        "false_positives": fp,
+        "false_positive_rate": fpr,
+        "false_positive_rate_95ci": list(wilson_interval(fp, ham)),
+        "recall": recall,
+        "unseen_spam": spam,
+        "recall_95ci": list(wilson_interval(tp, spam)),
+        "precision": recall * spam_rate / flagged if flagged else None,
+    }

@@ -246,9 +246,12 @@ def card_metadata(data: SpamModelCardData) -> ModelCardData:
 def natural_precision(data: SpamModelCardData) -> float | None:
     """Test precision re-weighted to the collection's own spam share: what precision would be in real traffic.
 
-    Recall and the false-positive rate do not depend on the class mix, so precision at spam share p is
-    recall * p / (recall * p + fpr * (1 - p)).
+    From the natural-rate evaluation when the run made one (`metrics.at_spam_rate`: the false-positive rate
+    over all unseen ham); else from the test split alone. Recall and the false-positive rate do not depend
+    on the class mix, so precision at spam share p is recall * p / (recall * p + fpr * (1 - p)).
     """
+    if "natural_rate" in data.metrics:
+        return data.metrics["natural_rate"]["precision"]
     labels = data.data["labels"]
     matrix = data.metrics.get("test", {}).get("confusion_matrix")
     if matrix is None:
@@ -272,7 +275,9 @@ def render_model_card(data: SpamModelCardData) -> str:
         card_data=card_metadata(data).to_yaml(),
         card=data,
         dataset_id=DATASET_ID,
-        spam_share=labels["spam"] / sum(labels.values()),
+        spam_share=data.metrics["natural_rate"]["spam_rate"]
+        if "natural_rate" in data.metrics
+        else labels["spam"] / sum(labels.values()),
         natural_precision=natural_precision(data),
         model_path=data.model_id or data.output_dir,
         splits=[split for split in ("train", "validation", "test") if split in data.metrics],

@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import transformers
 from transformers import DataCollatorWithPadding, set_seed
@@ -33,7 +34,7 @@ from hf_spam.data import (
 from hf_spam.hub import push_output_dir
 from hf_spam.inference import BOOK_EXAMPLES, classifier
 from hf_spam.malloc import keep_freed_memory
-from hf_spam.metrics import compute_metrics
+from hf_spam.metrics import at_spam_rate, compute_metrics, load_spam_metric
 from hf_spam.model_card import ModelCardCallback, SpamModelCardData, write_model_card
 from hf_spam.modeling import (
     HUB_IDS,
@@ -125,7 +126,9 @@ def main(argv: list[str] | None = None) -> dict:
             balance=data_args.balance,
             split_ratios=data_args.split_ratios,
             seed=training_args.seed,
+            keep_held_out=data_args.evaluate_held_out,
         )
+    held_out = splits.pop("held_out", None)
 
     # ---- model ----
     model = load_model(
@@ -215,6 +218,16 @@ def main(argv: list[str] | None = None) -> dict:
             [results[split]["tn"], results[split]["fp"]],
             [results[split]["fn"], results[split]["tp"]],
         ]
+    if training_args.max_fpr is not None:
+        # Saved in config.json with the model: `hf-spam predict` and every metric below then use it.
+        model.config.spam_threshold, results["threshold"] = decision_threshold(
+            model, tokenizer, splits["validation"], splits["test"], training_args.max_fpr
+        )
+    if held_out is not None and len(held_out) and trainer.is_world_process_zero():
+        test = results["threshold"]["test"] if "threshold" in results else results["test"]
+        results["held_out"], results["natural_rate"] = natural_rate_metrics(
+            model, tokenizer, held_out, test, report.spam_rate
+        )
     summary = {
         "base_model": {"name": model_args.model_name_or_path, "loaded_from": model_path, "source": weights_source},
         "data": report.to_dict(),
@@ -287,6 +300,42 @@ def resolve_base_model(model_args, training_args, cache_dir: str | None) -> tupl
     return path, read_source(path)
 
 
+def decision_threshold(model, tokenizer, validation, test, max_fpr: float) -> tuple[float, dict]:
+    """The lowest spam-probability threshold that flags at most `max_fpr` of the validation ham, and the
+    test metrics at it. Lowest: of the thresholds that keep the false-positive rate, it catches most spam."""
+    spam = model.config.label2id["spam"]
+    predictions = classifier(model, tokenizer)(list(validation["text"]))
+    p_spam = [p["score"] if p["label"] == "spam" else 1.0 - p["score"] for p in predictions]
+    ham = sorted((p for p, label in zip(p_spam, validation["label"], strict=True) if label != spam), reverse=True)
+    allowed = int(max_fpr * len(ham))
+    # Just above the first ham score that must not be flagged, in float32: the precision predict compares in.
+    threshold = float(np.nextafter(np.float32(ham[allowed]), np.float32(np.inf))) if allowed < len(ham) else 0.0
+    threshold = min(threshold, 1.0)
+    at_threshold = classifier(model, tokenizer, threshold=threshold)
+    test_ids = [model.config.label2id[p["label"]] for p in at_threshold(list(test["text"]))]
+    test_metrics = {**load_spam_metric().compute(predictions=test_ids, references=list(test["label"]))}
+    test_metrics["examples"] = len(test_ids)
+    flagged = sum(p >= threshold for p in ham)
+    return threshold, {
+        "spam_threshold": threshold,
+        "max_fpr": max_fpr,
+        "chosen_on": "validation",
+        "validation_ham": len(ham),
+        "validation_false_positives": flagged,
+        "test": test_metrics,
+    }
+
+
+def natural_rate_metrics(model, tokenizer, held_out, test: dict, spam_rate: float) -> tuple[dict, dict]:
+    """Score the messages balancing left out with the trained model (the prediction path users get), and
+    what test + held-out say of the data's own spam rate (`metrics.at_spam_rate`)."""
+    predictions = classifier(model, tokenizer)(list(held_out["text"]))
+    label_ids = [model.config.label2id[p["label"]] for p in predictions]
+    held = load_spam_metric().compute(predictions=label_ids, references=list(held_out["label"]))
+    held["examples"] = len(label_ids)
+    return held, at_spam_rate(test, held, spam_rate)
+
+
 def length_sorted(dataset):
     """The same tokenized examples, ordered by length."""
     lengths = [len(ids) for ids in dataset["input_ids"]]
@@ -312,8 +361,27 @@ def class_weights(option: str | None, train_counts: dict[str, int]) -> torch.Ten
 def metrics_table(results: dict[str, dict]) -> str:
     columns = ("accuracy", "precision", "recall", "f1")
     lines = [f"{'split':<11}" + "".join(f"{c:>10}" for c in columns) + f"{'examples':>10}"]
-    for split, metrics in results.items():
+    for split in ("train", "validation", "test"):
+        metrics = results[split]
         lines.append(f"{split:<11}" + "".join(f"{metrics[c]:>10.4f}" for c in columns) + f"{metrics['examples']:>10}")
+    if "threshold" in results:
+        t, metrics = results["threshold"], results["threshold"]["test"]
+        lines.append(
+            f"{'test@' + format(t['spam_threshold'], '.3g'):<11}"
+            + "".join(f"{metrics[c]:>10.4f}" for c in columns)
+            + f"{metrics['examples']:>10}"
+            + f"  (threshold for <= {t['max_fpr']:g} of validation ham flagged: {t['validation_false_positives']} of {t['validation_ham']})"
+        )
+    if "natural_rate" in results:
+        n = results["natural_rate"]
+        low, high = n["false_positive_rate_95ci"]
+        precision = "n/a" if n["precision"] is None else f"{n['precision']:.4f}"
+        lines.append(
+            f"at the data's spam rate ({n['spam_rate']:.1%}), from {n['unseen_ham']:,} unseen ham (test + "
+            f"{results['held_out']['examples']:,} held out) and {n['unseen_spam']:,} unseen spam: false-positive "
+            f"rate {n['false_positive_rate']:.4f} (95% CI {low:.4f}-{high:.4f}), precision {precision}, "
+            f"recall {n['recall']:.4f}"
+        )
     return "\n".join(lines)
 
 

@@ -61,3 +61,11 @@ def test_shipped_configs_parse(name):
     if model_args.init == "pretrained" and model_args.model_name_or_path in SHAPES:
         # without Hub access, `make train` and the other gpt2 recipes train the embedded model instead
         assert model_args.offline_fallback in EMBEDDED
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "1"])
+def test_max_fpr_outside_0_1_is_a_config_error(value):
+    from hf_spam.config import ConfigError
+
+    with pytest.raises(ConfigError, match="max_fpr must be a fraction"):
+        parse_args(["--max_fpr", value])

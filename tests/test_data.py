@@ -258,3 +258,14 @@ def test_dedupe_counts_duplicates_whose_label_disagrees(tmp_path):
     }
     assert rows["ham message 1"] == 0  # the first occurrence wins
     assert rows["spam message 2"] == 1
+
+
+def test_held_out_is_every_distinct_message_balancing_left_out(canonical_file):
+    splits, report = load_sms_spam(data_file=str(canonical_file), keep_held_out=True)
+    held_out = splits["held_out"]
+    assert report.held_out == {"ham": 3865, "spam": 0} and len(held_out) == 3865
+    used = {t for name in ("train", "validation", "test") for t in splits[name]["text"]}
+    assert not used & set(held_out["text"])
+    assert len(used) + len(set(held_out["text"])) == 5574 - 403  # every distinct message, once
+    assert report.spam_rate == 653 / 5171
+    assert "held_out" not in load_sms_spam(data_file=str(canonical_file))[0]

@@ -56,6 +56,12 @@ def test_training_writes_a_standalone_classifier_and_metrics(trained):
         m = metrics["metrics"][split]
         assert m["examples"] == n == sum(map(sum, m["confusion_matrix"]))
         assert 0.0 <= m["f1"] <= 1.0
+    # Every distinct message balancing left out is scored too: the false-positive rate at the real spam rate.
+    assert metrics["metrics"]["held_out"]["examples"] == metrics["data"]["held_out"]["ham"] == 3865
+    natural = metrics["metrics"]["natural_rate"]
+    assert natural["unseen_ham"] == 3865 + 131 and natural["spam_rate"] == 653 / 5171
+    low, high = natural["false_positive_rate_95ci"]
+    assert 0 <= low <= natural["false_positive_rate"] <= high <= 1
     for plot in ("loss.png", "accuracy.png", "confusion_matrix.png"):
         assert (model_dir / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
     card = (model_dir / "README.md").read_text()

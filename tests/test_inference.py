@@ -85,3 +85,59 @@ def test_bfloat16_is_close_to_float32_but_not_exact(saved):
 def test_unknown_dtype_is_refused(saved):
     with pytest.raises(ValueError, match="dtype"):
         load_classifier(saved, dtype="float16")
+
+
+THRESHOLD_TEXTS = ["Congratulations! You have won a free cruise, reply YES", "see you at 5", "URGENT call now", "ok"]
+
+
+def _p_spam(answer):
+    return answer["score"] if answer["label"] == "spam" else 1.0 - answer["score"]
+
+
+def test_a_threshold_decides_on_the_spam_probability(saved):
+    argmax = load_classifier(saved)(THRESHOLD_TEXTS)
+    p_spam = [_p_spam(a) for a in argmax]
+    middle = sorted(p_spam)[1] + 1e-6  # between the two lowest spam probabilities: one ham, the rest spam
+    answers = load_classifier(saved, threshold=middle)(THRESHOLD_TEXTS)
+    assert [a["label"] for a in answers] == ["spam" if p >= middle else "ham" for p in p_spam]
+    assert sum(a["label"] == "ham" for a in answers) == 2
+    for answer, p in zip(answers, p_spam, strict=True):  # the score is the probability of the label given
+        assert abs(answer["score"] - (p if answer["label"] == "spam" else 1 - p)) < 1e-6
+    assert {a["label"] for a in load_classifier(saved, threshold=0.0)(THRESHOLD_TEXTS)} == {"spam"}
+
+
+def test_the_threshold_saved_in_the_config_is_applied_and_can_be_overridden(saved):
+    import json
+    from pathlib import Path
+
+    config_path = Path(saved) / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "spam_threshold": 0.0}))
+    assert {a["label"] for a in load_classifier(saved)(THRESHOLD_TEXTS)} == {"spam"}
+    assert [a["label"] for a in load_classifier(saved, threshold=0.5)(THRESHOLD_TEXTS)] == [
+        "spam" if _p_spam(a) >= 0.5 else "ham" for a in load_classifier(saved, threshold=0.5)(THRESHOLD_TEXTS)
+    ]
+
+
+@pytest.mark.parametrize("threshold", [-0.1, 1.5])
+def test_a_threshold_outside_0_1_is_refused(saved, threshold):
+    with pytest.raises(ValueError, match="threshold"):
+        load_classifier(saved, threshold=threshold)
+
+
+def test_decision_threshold_keeps_validation_false_positives_within_max_fpr(tiny_model, tokenizer):
+    from datasets import Dataset
+
+    from hf_spam.inference import classifier
+    from hf_spam.train import decision_threshold
+
+    texts = [f"message number {i} " + "win " * (i % 7) for i in range(40)]
+    labels = [i % 2 for i in range(40)]
+    split = Dataset.from_dict({"text": texts, "label": labels})
+    threshold, report = decision_threshold(tiny_model, tokenizer, split, split, max_fpr=0.1)
+    p_spam = [_p_spam(a) for a in classifier(tiny_model, tokenizer)(texts)]
+    ham = sorted((p for p, y in zip(p_spam, labels, strict=True) if y == 0), reverse=True)
+    flagged = sum(p >= threshold for p in ham)
+    assert flagged == report["validation_false_positives"] <= int(0.1 * len(ham)) == 2
+    assert threshold <= ham[2] + 1e-6  # the lowest such threshold: just above the third-highest ham score
+    assert report["test"]["examples"] == 40

@@ -72,3 +72,27 @@ def test_compute_metrics_takes_logits_and_reports_cells_and_examples():
     for name, expected in sklearn_metrics(REFERENCES, PREDICTIONS).items():
         assert result[name] == pytest.approx(expected)
     assert all(np.isscalar(value) for value in result.values())
+
+
+def test_wilson_interval_matches_known_values():
+    from hf_spam.metrics import wilson_interval
+
+    low, high = wilson_interval(0, 100)
+    assert low == 0.0 and abs(high - 0.0370) < 1e-4  # the "rule of three" region, where Wald gives [0, 0]
+    low, high = wilson_interval(5, 100)
+    assert abs(low - 0.0215) < 1e-4 and abs(high - 0.1118) < 1e-4
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_at_spam_rate_pools_unseen_ham_and_reweights_precision():
+    from hf_spam.metrics import at_spam_rate
+
+    test = {"tn": 125, "fp": 6, "fn": 9, "tp": 122}
+    held_out = {"tn": 3845, "fp": 20, "fn": 0, "tp": 0}
+    result = at_spam_rate(test, held_out, spam_rate=0.125)
+    assert result["unseen_ham"] == 3996 and result["false_positives"] == 26 and result["unseen_spam"] == 131
+    assert result["false_positive_rate"] == 26 / 3996 and result["recall"] == 122 / 131
+    recall, fpr = 122 / 131, 26 / 3996
+    assert abs(result["precision"] - recall * 0.125 / (recall * 0.125 + fpr * 0.875)) < 1e-12
+    low, high = result["false_positive_rate_95ci"]
+    assert low < result["false_positive_rate"] < high
