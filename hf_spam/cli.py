@@ -9,23 +9,34 @@ import logging
 import sys
 from pathlib import Path
 
-from hf_spam.data import URLS, DataFormatError, DataIntegrityError, DownloadError, load_sms_spam
+from hf_spam.data import URLS, DataFormatError, DataIntegrityError, DownloadError, load_data
 
 
 def data_command(args: argparse.Namespace) -> int:
+    from hf_spam.sources import SourceError
+
     try:
-        _, report = load_sms_spam(
-            data_file=args.data_file,
-            cache_dir=args.cache_dir,
-            urls=args.data_urls,
-            download_timeout=args.download_timeout,
+        _, report = load_data(
+            dataset_name=args.dataset_name,
+            dataset_config_name=args.dataset_config_name,
+            dataset_revision=args.dataset_revision,
+            train_file=args.train_file,
+            validation_file=args.validation_file,
+            test_file=args.test_file,
+            text_column=args.text_column,
+            label_column=args.label_column,
+            spam_label=args.spam_label,
             lenient=args.lenient,
             dedupe_texts=args.dedupe,
             balance=args.balance,
             split_ratios=args.split_ratios,
             seed=args.seed,
+            data_file=args.data_file,
+            cache_dir=args.cache_dir,
+            urls=args.data_urls,
+            download_timeout=args.download_timeout,
         )
-    except (DataFormatError, DataIntegrityError, DownloadError, FileNotFoundError, ValueError) as err:
+    except (DataFormatError, DataIntegrityError, DownloadError, SourceError, FileNotFoundError, ValueError) as err:
         print(f"hf-spam data: {err}", file=sys.stderr)
         return 2
     print(json.dumps(report.to_dict(), indent=2))
@@ -105,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="Obtain, verify, dedupe, balance and split the data; print a JSON report.")
     data.add_argument("--data_file", help="A local label<TAB>text file instead of the SMS Spam Collection.")
+    data.add_argument("--dataset_name", help="A Hub dataset of one's own messages (load_dataset).")
+    data.add_argument("--dataset_config_name")
+    data.add_argument("--dataset_revision")
+    data.add_argument("--train_file", help="Messages of one's own: .csv, .tsv, .json, .jsonl or .parquet.")
+    data.add_argument("--validation_file")
+    data.add_argument("--test_file")
+    data.add_argument("--text_column", help="Default: found among text, sms, message, body, ...")
+    data.add_argument("--label_column", help="Default: found among label, is_spam, spam, class, ...")
+    data.add_argument("--spam_label", help="Which label is spam, where the labels do not say.")
     data.add_argument("--cache_dir", help="Download cache (default: $HF_SPAM_CACHE or ~/.cache/hf_spam).")
     data.add_argument("--data_urls", nargs="*", default=URLS, help="Zip archives to try, in order.")
     data.add_argument("--download_timeout", type=float, default=30.0)

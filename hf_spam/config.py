@@ -77,6 +77,31 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "A Hub dataset of one's own messages (e.g. ucirvine/sms_spam), via load_dataset."},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
+    dataset_revision: str | None = field(default=None, metadata={"help": "The Hub dataset's revision."})
+    train_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Messages of one's own: .csv, .tsv, .json, .jsonl or .parquet. Split 70/10/20 unless "
+            "validation_file / test_file are given."
+        },
+    )
+    validation_file: str | None = field(default=None, metadata={"help": "Validation messages (same formats)."})
+    test_file: str | None = field(default=None, metadata={"help": "Test messages (same formats)."})
+    text_column: str | None = field(
+        default=None, metadata={"help": "The column of the message text (default: found among text, sms, body, ...)."}
+    )
+    label_column: str | None = field(
+        default=None, metadata={"help": "The column of the label (default: found among label, is_spam, class, ...)."}
+    )
+    spam_label: str | None = field(
+        default=None,
+        metadata={"help": "Which label is spam, where the data's two labels do not say (e.g. junk, positive)."},
+    )
     data_file: str | None = field(
         default=None,
         metadata={"help": "A local `label<TAB>text` file to use instead of the SMS Spam Collection download."},

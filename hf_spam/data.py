@@ -75,6 +75,11 @@ class DataReport:
     # The distinct messages balancing left out, by label: never trained on, scored at the end to measure the
     # false-positive rate at the data's own spam rate.
     held_out: dict[str, int] = field(default_factory=dict)
+    # A source of one's own: the columns used, the data's labels -> ham/spam, texts dropped from a later split
+    # because an earlier one holds them.
+    columns: dict[str, str] = field(default_factory=dict)
+    label_names: dict[str, str] = field(default_factory=dict)
+    cross_split_duplicates: dict[str, int] = field(default_factory=dict)
 
     @property
     def spam_rate(self) -> float:
@@ -310,11 +315,17 @@ def balance_indices(labels: np.ndarray, mode: str, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(keep))
 
 
+def check_split_ratios(ratios) -> None:
+    if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
+        raise ValueError(f"split_ratios must be three non-negative numbers summing to 1, got {list(ratios)}")
+
+
 def split_sizes(n: int, ratios: list[float]) -> tuple[int, int, int]:
     """The book's arithmetic: int(n * train), int(n * validation), and the rest for test."""
-    if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
-        raise ValueError(f"split_ratios must be three non-negative numbers summing to 1, got {ratios}")
+    check_split_ratios(ratios)
     n_train, n_val = int(n * ratios[0]), int(n * ratios[1])
+    if ratios[2] == 0:  # a test split of one's own: the rounding remainder stays in train
+        return n - n_val, n_val, 0
     return n_train, n_val, n - n_train - n_val
 
 
@@ -361,29 +372,140 @@ def load_sms_spam(
         skipped=skipped,
         balance=balance,
     )
+    splits = prepare_splits(
+        {"train": (texts, labels)}, report, dedupe_texts, balance, split_ratios, seed, keep_held_out
+    )
+    logger.info("SMS Spam Collection: %s", json.dumps(report.to_dict()))
+    return splits, report
+
+
+def load_data(
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    dataset_revision: str | None = None,
+    train_file: str | None = None,
+    validation_file: str | None = None,
+    test_file: str | None = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    spam_label: str | None = None,
+    lenient: bool = False,
+    dedupe_texts: bool = True,
+    balance: str = "undersample",
+    split_ratios: tuple[float, float, float] = (0.7, 0.1, 0.2),
+    seed: int = 123,
+    keep_held_out: bool = False,
+    **sms_options,
+) -> tuple[DatasetDict, DataReport]:
+    """Any source: a Hub dataset, local files, else the SMS Spam Collection (`load_sms_spam`, given
+    `sms_options`), through the same dedupe -> balance -> split pipeline."""
+    if dataset_name is None and train_file is None and validation_file is None and test_file is None:
+        return load_sms_spam(
+            lenient=lenient,
+            dedupe_texts=dedupe_texts,
+            balance=balance,
+            split_ratios=split_ratios,
+            seed=seed,
+            keep_held_out=keep_held_out,
+            **sms_options,
+        )
+    from hf_spam.sources import SourceError, read_user_data
+
+    if sms_options.get("data_file") is not None:
+        raise SourceError(
+            "data_file is a file in the SMS Spam Collection's format; with dataset_name or train_file, leave it out"
+        )
+    rows = read_user_data(
+        dataset_name, dataset_config_name, dataset_revision, train_file, validation_file, test_file,
+        text_column, label_column, spam_label, lenient,
+    )  # fmt: skip
+    all_labels = [label for _, labels in rows.splits.values() for label in labels]
+    report = DataReport(
+        source=rows.source,
+        path=", ".join(f"{split}: {where}" for split, where in rows.paths.items()),
+        sha256=sha256_of(train_file) if train_file else "",
+        rows=len(all_labels),
+        labels={name: all_labels.count(i) for i, name in enumerate(LABELS)},
+        skipped=rows.skipped,
+        balance=balance,
+        columns={"text": rows.text_column, "label": rows.label_column},
+        label_names=rows.label_names,
+    )
+    splits = prepare_splits(rows.splits, report, dedupe_texts, balance, split_ratios, seed, keep_held_out)
+    logger.info("Data: %s", json.dumps(report.to_dict()))
+    return splits, report
+
+
+def prepare_splits(
+    given: dict[str, tuple[list[str], list[int]]],
+    report: DataReport,
+    dedupe_texts: bool,
+    balance: str,
+    split_ratios,
+    seed: int,
+    keep_held_out: bool,
+) -> DatasetDict:
+    """Dedupe, balance and split rows already read and checked, filling `report`.
+
+    With only a train split given, the book's way: dedupe, balance, then a stratified train/validation/test
+    split. Splits that are given are kept (only train is balanced, and a missing validation or test split is
+    drawn from it); a text already in an earlier split (train, validation, test, in that order) is dropped
+    from the later one and counted.
+    """
+    check_split_ratios(split_ratios)
+    given = dict(given)
     if dedupe_texts:
-        texts, labels, report.conflicting_duplicates = dedupe(texts, labels)
-        report.duplicates_removed = report.rows - len(texts)
+        seen: set[str] = set()
+        conflicts = 0
+        for name, (texts, labels) in given.items():
+            kept_texts, kept_labels, conflicts_here = dedupe(texts, labels)
+            conflicts += conflicts_here
+            within = len(texts) - len(kept_texts)
+            fresh = [i for i, text in enumerate(kept_texts) if text not in seen]
+            if len(fresh) < len(kept_texts):
+                report.cross_split_duplicates[name] = len(kept_texts) - len(fresh)
+                logger.warning(
+                    "%d texts of the %s split are also in an earlier split: dropped from %s",
+                    len(kept_texts) - len(fresh),
+                    name,
+                    name,
+                )
+            seen.update(kept_texts)
+            given[name] = ([kept_texts[i] for i in fresh], [kept_labels[i] for i in fresh])
+            report.duplicates_removed += within + len(kept_texts) - len(fresh)
+        report.conflicting_duplicates = conflicts
+    texts, labels = given["train"]
     label_array = np.asarray(labels)
     keep = balance_indices(label_array, balance, seed)
     left_out = np.setdiff1d(np.arange(len(label_array)), keep)
     report.held_out = {n: int((label_array[left_out] == i).sum()) for i, n in enumerate(LABELS)}
-    held_out = Dataset.from_dict(
-        {"text": [texts[i] for i in left_out], "label": label_array[left_out].tolist()}, features=FEATURES
-    )
-    label_array = label_array[keep]
-    texts = [texts[i] for i in keep]
+    held_out = _dataset([texts[i] for i in left_out], label_array[left_out])
+    # The splits not given are drawn from train (stratified, with their share of split_ratios).
+    ratios = [r if name == "train" or name not in given else 0.0 for name, r in zip(SPLITS, split_ratios, strict=True)]
+    ratios = [r / sum(ratios) for r in ratios]
+    texts, label_array = [texts[i] for i in keep], label_array[keep]
+    index = stratified_split(label_array, ratios, seed)
+    parts = {}
+    for name in SPLITS:
+        if name in given and name != "train":
+            parts[name] = (given[name][0], np.asarray(given[name][1], dtype=np.int64))
+        else:
+            parts[name] = ([texts[i] for i in index[name]], label_array[index[name]])
     splits = DatasetDict()
-    for name, index in stratified_split(label_array, list(split_ratios), seed).items():
-        splits[name] = Dataset.from_dict(
-            {"text": [texts[i] for i in index], "label": label_array[index].tolist()}, features=FEATURES
-        )
-        report.splits[name] = len(index)
-        report.split_labels[name] = {n: int((label_array[index] == i).sum()) for i, n in enumerate(LABELS)}
+    for name, (split_texts, split_labels) in parts.items():
+        splits[name] = _dataset(split_texts, split_labels)
+        report.splits[name] = len(split_texts)
+        report.split_labels[name] = {n: int((split_labels == i).sum()) for i, n in enumerate(LABELS)}
+    for name in ("validation", "test"):
+        if report.split_labels.get(name) and min(report.split_labels[name].values()) == 0:
+            logger.warning("The %s split holds one label only: %s", name, report.split_labels[name])
     if keep_held_out:
         splits["held_out"] = held_out
-    logger.info("SMS Spam Collection: %s", json.dumps(report.to_dict()))
-    return splits, report
+    return splits
+
+
+def _dataset(texts: list[str], labels: np.ndarray) -> Dataset:
+    return Dataset.from_dict({"text": texts, "label": np.asarray(labels).tolist()}, features=FEATURES)
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from hf_spam.data import (
     DataIntegrityError,
     DownloadError,
     default_cache_dir,
-    load_sms_spam,
+    load_data,
     tokenize_splits,
 )
 from hf_spam.hub import push_output_dir
@@ -50,6 +50,7 @@ from hf_spam.modeling import (
 )
 from hf_spam.plots import plot_accuracy, plot_confusion_matrix, plot_loss
 from hf_spam.pretrained import EMBEDDED, hub_model_cached, hub_reachable, read_source, resolve_pretrained
+from hf_spam.sources import SourceError
 from hf_spam.trainer import SpamTrainer
 from hf_spam.trunk_cache import collate_trunk_states, frozen_prefix, tail_for, trunk_features
 
@@ -61,6 +62,7 @@ USER_ERRORS = (
     DataFormatError,
     DataIntegrityError,
     DownloadError,
+    SourceError,
     ConfigError,
     UnsafeModelError,
     UnsupportedModelError,
@@ -115,18 +117,27 @@ def main(argv: list[str] | None = None) -> dict:
         model_args.tokenizer_name_or_path or model_path,
         use_bundled=model_args.init == "random" and model_path in SHAPES and model_args.tokenizer_name_or_path is None,
     )
-    with training_args.main_process_first(desc="preparing the SMS Spam Collection"):
-        splits, report = load_sms_spam(
-            data_file=data_args.data_file,
-            cache_dir=data_args.data_cache_dir,
-            urls=data_args.data_urls,
-            download_timeout=data_args.download_timeout,
+    with training_args.main_process_first(desc="preparing the data"):
+        splits, report = load_data(
+            dataset_name=data_args.dataset_name,
+            dataset_config_name=data_args.dataset_config_name,
+            dataset_revision=data_args.dataset_revision,
+            train_file=data_args.train_file,
+            validation_file=data_args.validation_file,
+            test_file=data_args.test_file,
+            text_column=data_args.text_column,
+            label_column=data_args.label_column,
+            spam_label=data_args.spam_label,
             lenient=data_args.lenient,
             dedupe_texts=data_args.dedupe,
             balance=data_args.balance,
             split_ratios=data_args.split_ratios,
             seed=training_args.seed,
             keep_held_out=data_args.evaluate_held_out,
+            data_file=data_args.data_file,
+            cache_dir=data_args.data_cache_dir,
+            urls=data_args.data_urls,
+            download_timeout=data_args.download_timeout,
         )
     held_out = splits.pop("held_out", None)
 

@@ -1,0 +1,209 @@
+"""Users' own messages: a Hub dataset or local CSV / TSV / JSON / JSONL / Parquet files, read the `datasets` way.
+
+    --dataset_name ucirvine/sms_spam                       (columns sms, label: found by name)
+    --train_file mail.csv --text_column body --label_column is_spam
+    --train_file train.parquet --validation_file dev.parquet --test_file test.parquet
+
+Columns are found among common names when exactly one fits, labels are mapped to ham (0) and spam (1) from
+strings (any case, surrounding spaces ignored), 0/1, booleans or a `ClassLabel`, and every row is checked: a
+missing or unknown label, an empty text or a value of the wrong type is an error naming the file and row, or,
+with `lenient`, is skipped and counted. What comes out is plain `(texts, labels)` per split, for the same
+dedupe -> balance -> split -> tokenize pipeline the SMS Spam Collection goes through (`hf_spam.data`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+TEXT_COLUMNS = ("text", "sms", "message", "body", "content", "email", "comment", "sentence")
+LABEL_COLUMNS = ("label", "labels", "is_spam", "spam", "class", "category", "target")
+FORMATS = {
+    ".csv": ("csv", {}),
+    ".tsv": ("csv", {"delimiter": "\t"}),
+    ".json": ("json", {}),
+    ".jsonl": ("json", {}),
+    ".parquet": ("parquet", {}),
+}
+# Binary label names where the positive class goes without saying.
+POSITIVE = ("spam", "1", "true", "yes", "junk")
+SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "dev"), "test": ("test",)}
+
+
+class SourceError(ValueError):
+    """A data source, column or row that cannot be used: the message names the file (or dataset) and row."""
+
+
+@dataclass
+class UserRows:
+    """What `read_user_data` found: `splits[name] = (texts, labels)` with labels 0 = ham, 1 = spam."""
+
+    source: str
+    paths: dict[str, str]
+    text_column: str
+    label_column: str
+    label_names: dict[str, str]  # the data's own label -> "ham" / "spam"
+    splits: dict[str, tuple[list[str], list[int]]] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+def read_user_data(
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    dataset_revision: str | None = None,
+    train_file: str | None = None,
+    validation_file: str | None = None,
+    test_file: str | None = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    spam_label: str | None = None,
+    lenient: bool = False,
+) -> UserRows:
+    """Read and check a Hub dataset or local files; see the module docstring."""
+    from datasets import load_dataset
+
+    files = {"train": train_file, "validation": validation_file, "test": test_file}
+    files = {split: path for split, path in files.items() if path is not None}
+    if dataset_name is not None and files:
+        raise SourceError("give either dataset_name or train_file/validation_file/test_file, not both")
+    if files and "train" not in files:
+        raise SourceError("validation_file and test_file need a train_file")
+    if dataset_name is not None:
+        loaded = load_dataset(dataset_name, dataset_config_name, revision=dataset_revision)
+        datasets = {}
+        for split, names in SPLIT_NAMES.items():
+            found = [name for name in names if name in loaded]
+            if found:
+                datasets[split] = loaded[found[0]]
+        if "train" not in datasets:
+            raise SourceError(f"{dataset_name}: no train split (it has {', '.join(loaded) or 'none'})")
+        where = {split: f"{dataset_name} [{split}]" for split in datasets}
+        source = f"hub:{dataset_name}"
+    else:
+        datasets, where = {}, {}
+        for split, path in files.items():
+            datasets[split], where[split] = _read_file(path), path
+        source = "files"
+
+    columns = list(datasets["train"].column_names)
+    text = _column(columns, text_column, TEXT_COLUMNS, "text_column", where["train"])
+    label = _column(columns, label_column, LABEL_COLUMNS, "label_column", where["train"])
+    for split, dataset in datasets.items():
+        missing = {text, label} - set(dataset.column_names)
+        if missing:
+            raise SourceError(
+                f"{where[split]}: no column {', '.join(sorted(missing))} (it has {', '.join(dataset.column_names)})"
+            )
+    feature = datasets["train"].features[label]
+    names = getattr(feature, "names", None)  # a ClassLabel: the stored ints index these names
+    mapping = _label_mapping(datasets, label, names, spam_label, where)
+    rows = UserRows(source, where, text, label, {str(k): LABEL_NAMES[v] for k, v in mapping.items()})
+    skipped: Counter[str] = Counter()
+    for split, dataset in datasets.items():
+        rows.splits[split] = _checked_rows(dataset, text, label, names, mapping, lenient, where[split], skipped)
+    rows.skipped = dict(skipped)
+    if skipped:
+        logger.warning("Skipped %d rows: %s", sum(skipped.values()), rows.skipped)
+    return rows
+
+
+LABEL_NAMES = ("ham", "spam")
+
+
+def _read_file(path: str):
+    from datasets import load_dataset
+
+    file = Path(path)
+    if not file.is_file():
+        raise SourceError(f"{path}: no such file")
+    kind = FORMATS.get(file.suffix.lower())
+    if kind is None:
+        raise SourceError(f"{path}: unknown format {file.suffix!r}; expected one of {', '.join(FORMATS)}")
+    builder, options = kind
+    try:
+        return load_dataset(builder, data_files=str(file), split="train", **options)
+    except Exception as err:  # pandas, pyarrow and json parsers each raise their own types
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+        raise SourceError(f"{path}: cannot be read as {file.suffix[1:]}: {reason}") from err
+
+
+def _column(columns: list[str], chosen: str | None, candidates: tuple[str, ...], option: str, where: str) -> str:
+    if chosen is not None:
+        if chosen not in columns:
+            raise SourceError(f"{where}: {option} {chosen!r} is not a column (it has {', '.join(columns)})")
+        return chosen
+    found = [c for c in columns if c.strip().lower() in candidates]
+    if len(found) != 1:
+        how = "none of the usual names" if not found else f"several candidates ({', '.join(found)})"
+        raise SourceError(f"{where}: set {option}: {how} among the columns {', '.join(columns)}")
+    return found[0]
+
+
+def _normalize(value) -> str:
+    if isinstance(value, float) and value.is_integer():  # 0/1 read as floats (a column with gaps, say)
+        value = int(value)
+    return str(value).strip().lower()
+
+
+def _label_mapping(datasets, label: str, names, spam_label: str | None, where) -> dict:
+    """The data's labels (normalized) -> 0 (ham) / 1 (spam), from the distinct values of every split."""
+    values = set()
+    for dataset in datasets.values():
+        values.update(dataset.unique(label))
+    values.discard(None)
+    if names is not None:
+        values = {names[v] for v in values if isinstance(v, int) and 0 <= v < len(names)}
+    distinct = {_normalize(v) for v in values}
+    if len(distinct) < 2:
+        raise SourceError(
+            f"{where['train']}: column {label!r} has {len(distinct)} label ({', '.join(sorted(distinct)) or 'none'}); "
+            "a spam classifier needs two"
+        )
+    if len(distinct) > 2:
+        raise SourceError(
+            f"{where['train']}: column {label!r} has {len(distinct)} labels ({', '.join(sorted(distinct)[:10])}); "
+            "hf_spam trains two-class (ham/spam) classifiers: map them to two labels first"
+        )
+    if spam_label is not None:
+        positive = _normalize(spam_label)
+        if positive not in distinct:
+            raise SourceError(f"spam_label {spam_label!r} is not one of the labels {', '.join(sorted(distinct))}")
+    else:
+        known = [name for name in POSITIVE if name in distinct]
+        if len(known) != 1:
+            raise SourceError(
+                f"{where['train']}: which of the labels {', '.join(sorted(distinct))} is spam? Set spam_label"
+            )
+        positive = known[0]
+    return {name: int(name == positive) for name in sorted(distinct)}
+
+
+def _checked_rows(dataset, text: str, label: str, names, mapping: dict, lenient: bool, where: str, skipped: Counter):
+    texts, labels = [], []
+    column_texts, column_labels = dataset[text], dataset[label]
+    for row, (message, value) in enumerate(zip(column_texts, column_labels, strict=True), start=1):
+        reason = kind = None
+        if value is None:
+            reason, kind = f"missing {label}", "missing_label"
+        elif not isinstance(message, str):
+            reason, kind = f"{text} is {type(message).__name__}, not text", "wrong_type"
+        elif not message.strip():
+            reason, kind = f"empty {text}", "empty_text"
+        else:
+            key = _normalize(names[value] if names is not None else value)
+            if key not in mapping:
+                reason, kind = f"unknown {label} {value!r} (labels: {', '.join(mapping)})", "unknown_label"
+        if reason is None:
+            texts.append(message)
+            labels.append(mapping[key])
+        elif lenient:
+            skipped[kind] += 1
+        else:
+            raise SourceError(f"{where}: row {row}: {reason}")
+    if not texts:
+        raise SourceError(f"{where}: no usable rows")
+    return texts, labels
