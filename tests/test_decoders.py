@@ -123,11 +123,14 @@ def test_cached_logits_loss_and_gradients_equal_the_full_forward(family_dir, tok
     cached = DecoderTail(model, n_frozen)(**packed).logits
     assert torch.allclose(cached, plain, atol=1e-5)
 
-    grads = []
+    grads, losses = [], []
     for logits in (plain, cached):
         model.zero_grad()
-        F.cross_entropy(logits, batch["labels"]).backward(retain_graph=True)
+        loss = F.cross_entropy(logits, batch["labels"])
+        loss.backward(retain_graph=True)
+        losses.append(loss.item())
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert abs(losses[0] - losses[1]) < 1e-5
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5), name
