@@ -118,27 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
         use_bundled=model_args.init == "random" and model_path in SHAPES and model_args.tokenizer_name_or_path is None,
     )
     with training_args.main_process_first(desc="preparing the data"):
-        splits, report = load_data(
-            dataset_name=data_args.dataset_name,
-            dataset_config_name=data_args.dataset_config_name,
-            dataset_revision=data_args.dataset_revision,
-            train_file=data_args.train_file,
-            validation_file=data_args.validation_file,
-            test_file=data_args.test_file,
-            text_column=data_args.text_column,
-            label_column=data_args.label_column,
-            spam_label=data_args.spam_label,
-            lenient=data_args.lenient,
-            dedupe_texts=data_args.dedupe,
-            balance=data_args.balance,
-            split_ratios=data_args.split_ratios,
-            seed=training_args.seed,
-            keep_held_out=data_args.evaluate_held_out,
-            data_file=data_args.data_file,
-            cache_dir=data_args.data_cache_dir,
-            urls=data_args.data_urls,
-            download_timeout=data_args.download_timeout,
-        )
+        splits, report = load_splits(data_args, training_args.seed)
     held_out = splits.pop("held_out", None)
 
     # ---- model ----
@@ -269,6 +249,32 @@ def main(argv: list[str] | None = None) -> dict:
             url = push_output_dir(output_dir, card.model_id, private=training_args.hub_private_repo, token=hub_token)
             logger.info("Pushed %s to %s", output_dir, url)
     return summary
+
+
+def load_splits(data_args, seed: int):
+    """The data stage: any source (`DataArguments`) through dedupe -> balance -> split, with the held-out
+    messages when the natural-rate evaluation is on."""
+    return load_data(
+        dataset_name=data_args.dataset_name,
+        dataset_config_name=data_args.dataset_config_name,
+        dataset_revision=data_args.dataset_revision,
+        train_file=data_args.train_file,
+        validation_file=data_args.validation_file,
+        test_file=data_args.test_file,
+        text_column=data_args.text_column,
+        label_column=data_args.label_column,
+        spam_label=data_args.spam_label,
+        lenient=data_args.lenient,
+        dedupe_texts=data_args.dedupe,
+        balance=data_args.balance,
+        split_ratios=data_args.split_ratios,
+        seed=seed,
+        keep_held_out=data_args.evaluate_held_out,
+        data_file=data_args.data_file,
+        cache_dir=data_args.data_cache_dir,
+        urls=data_args.data_urls,
+        download_timeout=data_args.download_timeout,
+    )
 
 
 def resolve_base_model(model_args, training_args, cache_dir: str | None) -> tuple[str, dict | None]:
