@@ -17,7 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from hf_spam.data import load_sms_spam
-from hf_spam.metrics import load_spam_metric
+from hf_spam.metrics import score_predictions
 
 
 def tfidf_baseline(splits, seed: int = 123) -> dict[str, dict]:
@@ -29,9 +29,7 @@ def tfidf_baseline(splits, seed: int = 123) -> dict[str, dict]:
     model.fit(list(splits["train"]["text"]), np.asarray(splits["train"]["label"]))
     results = {}
     for name, split in splits.items():
-        labels = np.asarray(split["label"])
-        metrics = load_spam_metric().compute(predictions=model.predict(list(split["text"])), references=labels)
-        results[name] = {**metrics, "examples": int(len(labels))}
+        results[name] = score_predictions(model.predict(list(split["text"])), np.asarray(split["label"]))
     return results
 
 

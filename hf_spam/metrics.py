@@ -26,9 +26,15 @@ def compute_metrics(eval_pred) -> dict:
     """
     logits, labels = eval_pred.predictions, eval_pred.label_ids
     predictions = np.asarray(logits).argmax(-1)
-    result = load_spam_metric().compute(predictions=predictions, references=labels)
+    result = score_predictions(predictions, labels)
     result.pop("confusion_matrix")
-    result["examples"] = int(len(labels))
+    return result
+
+
+def score_predictions(predictions, references) -> dict:
+    """The spam metric of predicted label ids against the true ones, with the number of examples."""
+    result = load_spam_metric().compute(predictions=predictions, references=references)
+    result["examples"] = int(len(references))
     return result
 
 

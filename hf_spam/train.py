@@ -34,7 +34,7 @@ from hf_spam.data import (
 from hf_spam.hub import push_output_dir
 from hf_spam.inference import BOOK_EXAMPLES, classifier
 from hf_spam.malloc import keep_freed_memory
-from hf_spam.metrics import at_spam_rate, compute_metrics, load_spam_metric
+from hf_spam.metrics import at_spam_rate, compute_metrics, score_predictions
 from hf_spam.model_card import ModelCardCallback, SpamModelCardData, write_model_card
 from hf_spam.modeling import (
     HUB_IDS,
@@ -328,10 +328,7 @@ def decision_threshold(model, tokenizer, validation, test, max_fpr: float) -> tu
     # Just above the first ham score that must not be flagged, in float32: the precision predict compares in.
     threshold = float(np.nextafter(np.float32(ham[allowed]), np.float32(np.inf))) if allowed < len(ham) else 0.0
     threshold = min(threshold, 1.0)
-    at_threshold = classifier(model, tokenizer, threshold=threshold)
-    test_ids = [model.config.label2id[p["label"]] for p in at_threshold(list(test["text"]))]
-    test_metrics = {**load_spam_metric().compute(predictions=test_ids, references=list(test["label"]))}
-    test_metrics["examples"] = len(test_ids)
+    test_metrics = _scored(classifier(model, tokenizer, threshold=threshold), model, test)
     flagged = sum(p >= threshold for p in ham)
     return threshold, {
         "spam_threshold": threshold,
@@ -346,11 +343,14 @@ def decision_threshold(model, tokenizer, validation, test, max_fpr: float) -> tu
 def natural_rate_metrics(model, tokenizer, held_out, test: dict, spam_rate: float) -> tuple[dict, dict]:
     """Score the messages balancing left out with the trained model (the prediction path users get), and
     what test + held-out say of the data's own spam rate (`metrics.at_spam_rate`)."""
-    predictions = classifier(model, tokenizer)(list(held_out["text"]))
-    label_ids = [model.config.label2id[p["label"]] for p in predictions]
-    held = load_spam_metric().compute(predictions=label_ids, references=list(held_out["label"]))
-    held["examples"] = len(label_ids)
+    held = _scored(classifier(model, tokenizer), model, held_out)
     return held, at_spam_rate(test, held, spam_rate)
+
+
+def _scored(predict, model, split) -> dict:
+    """The metrics of `predict` (an `inference.classifier`) on a split of texts and labels."""
+    label_ids = [model.config.label2id[p["label"]] for p in predict(list(split["text"]))]
+    return score_predictions(label_ids, list(split["label"]))
 
 
 def length_sorted(dataset):
