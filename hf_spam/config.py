@@ -211,7 +211,7 @@ class SpamTrainingArguments(TrainingArguments):
         default=None,
         metadata={
             "help": "balanced: weight the loss by inverse class frequency of the training split (for "
-            "balance: none); or two comma-separated weights 'ham,spam'.",
+            "balance: none); or one comma-separated weight per class in label-id order ('ham,spam').",
         },
     )
 

@@ -80,6 +80,13 @@ class DataReport:
     columns: dict[str, str] = field(default_factory=dict)
     label_names: dict[str, str] = field(default_factory=dict)
     cross_split_duplicates: dict[str, int] = field(default_factory=dict)
+    # The model's labels, by id: ham and spam, or the classes of a multi-class source.
+    classes: list[str] = field(default_factory=lambda: list(LABELS))
+
+    @property
+    def is_binary(self) -> bool:
+        """Whether this is ham/spam data: what the spam metrics, the threshold and the natural rate are for."""
+        return self.classes == LABELS
 
     @property
     def spam_rate(self) -> float:
@@ -298,18 +305,18 @@ def dedupe(texts: list[str], labels: list[int]) -> tuple[list[str], list[int], i
 
 
 def balance_indices(labels: np.ndarray, mode: str, seed: int) -> np.ndarray:
-    """Indices to keep: all of the minority class plus as many of each other class drawn with `seed`
+    """Indices to keep: all of the smallest class plus as many of each other class drawn with `seed`
     (`undersample`, the book's choice), or all (`none`)."""
     if mode == "none":
         return np.arange(len(labels))
     if mode != "undersample":
         raise ValueError(f"balance must be 'undersample' or 'none', got {mode!r}")
     rng = np.random.default_rng(seed)
-    counts = np.bincount(labels, minlength=len(LABELS))
+    counts = np.bincount(labels)
     n = counts[counts > 0].min()
     keep = [
         np.sort(rng.choice(np.flatnonzero(labels == c), size=n, replace=False))
-        for c in range(len(LABELS))
+        for c in range(len(counts))
         if counts[c]
     ]
     return np.sort(np.concatenate(keep))
@@ -425,11 +432,12 @@ def load_data(
         path=", ".join(f"{split}: {where}" for split, where in rows.paths.items()),
         sha256=sha256_of(train_file) if train_file else "",
         rows=len(all_labels),
-        labels={name: all_labels.count(i) for i, name in enumerate(LABELS)},
+        labels={name: all_labels.count(i) for i, name in enumerate(rows.classes)},
         skipped=rows.skipped,
         balance=balance,
         columns={"text": rows.text_column, "label": rows.label_column},
         label_names=rows.label_names,
+        classes=rows.classes,
     )
     splits = prepare_splits(rows.splits, report, dedupe_texts, balance, split_ratios, seed, keep_held_out)
     logger.info("Data: %s", json.dumps(report.to_dict()))
@@ -478,8 +486,9 @@ def prepare_splits(
     label_array = np.asarray(labels)
     keep = balance_indices(label_array, balance, seed)
     left_out = np.setdiff1d(np.arange(len(label_array)), keep)
-    report.held_out = {n: int((label_array[left_out] == i).sum()) for i, n in enumerate(LABELS)}
-    held_out = _dataset([texts[i] for i in left_out], label_array[left_out])
+    classes = report.classes
+    report.held_out = {n: int((label_array[left_out] == i).sum()) for i, n in enumerate(classes)}
+    held_out = _dataset([texts[i] for i in left_out], label_array[left_out], classes)
     # The splits not given are drawn from train (stratified, with their share of split_ratios).
     ratios = [r if name == "train" or name not in given else 0.0 for name, r in zip(SPLITS, split_ratios, strict=True)]
     ratios = [r / sum(ratios) for r in ratios]
@@ -493,9 +502,9 @@ def prepare_splits(
             parts[name] = ([texts[i] for i in index[name]], label_array[index[name]])
     splits = DatasetDict()
     for name, (split_texts, split_labels) in parts.items():
-        splits[name] = _dataset(split_texts, split_labels)
+        splits[name] = _dataset(split_texts, split_labels, classes)
         report.splits[name] = len(split_texts)
-        report.split_labels[name] = {n: int((split_labels == i).sum()) for i, n in enumerate(LABELS)}
+        report.split_labels[name] = {n: int((split_labels == i).sum()) for i, n in enumerate(classes)}
     for name in ("validation", "test"):
         if report.split_labels.get(name) and min(report.split_labels[name].values()) == 0:
             logger.warning("The %s split holds one label only: %s", name, report.split_labels[name])
@@ -504,8 +513,9 @@ def prepare_splits(
     return splits
 
 
-def _dataset(texts: list[str], labels: np.ndarray) -> Dataset:
-    return Dataset.from_dict({"text": texts, "label": np.asarray(labels).tolist()}, features=FEATURES)
+def _dataset(texts: list[str], labels: np.ndarray, classes: list[str]) -> Dataset:
+    features = Features({"text": Value("string"), "label": ClassLabel(names=classes)})
+    return Dataset.from_dict({"text": texts, "label": np.asarray(labels).tolist()}, features=features)
 
 
 # --------------------------------------------------------------------------------------------

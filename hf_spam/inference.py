@@ -90,8 +90,11 @@ def classifier(
     max_length = model_context(model.config)
     threshold = threshold if threshold is not None else getattr(model.config, "spam_threshold", None)
     spam = model.config.label2id.get("spam")
-    if threshold is not None and (spam is None or len(model.config.id2label) != 2 or not 0.0 <= threshold <= 1.0):
-        raise ValueError(f"threshold: a spam probability in [0, 1] for a ham/spam model, got {threshold!r}")
+    if threshold is not None and (spam is None or len(model.config.id2label) != 2):
+        labels = ", ".join(model.config.id2label[i] for i in sorted(model.config.id2label))
+        raise ValueError(f"threshold: a spam threshold needs a ham/spam model; this one's labels are {labels}")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold: a spam probability in [0, 1], got {threshold!r}")
 
     def predict(texts: list[str]) -> list[dict]:
         distinct = list(dict.fromkeys(texts))  # real streams repeat messages: classify each once

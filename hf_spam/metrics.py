@@ -1,4 +1,5 @@
-"""Offline metrics for the Trainer and the final report (spam is the positive class)."""
+"""Offline metrics for the Trainer and the final report (spam is the positive class; a multi-class source
+gets macro averages and per-class figures)."""
 
 from __future__ import annotations
 
@@ -18,22 +19,30 @@ def load_spam_metric() -> evaluate.EvaluationModule:
     return evaluate.load(SPAM_METRIC_PATH)
 
 
-def compute_metrics(eval_pred) -> dict:
-    """`Trainer` hook: logits -> accuracy, precision, recall, f1 and the confusion-matrix cells (tn, fp, fn, tp).
+def compute_metrics(eval_pred, classes: list[str] | None = None) -> dict:
+    """`Trainer` hook: logits -> accuracy, precision, recall, f1 and the confusion-matrix cells (tn, fp, fn, tp);
+    for more than two `classes`, macro averages and `<class>_f1` per class.
 
-    The matrix itself is left out here because `Trainer` logs every value as a scalar; it is rebuilt from the
-    four cells for `metrics.json`.
+    Only scalars: `Trainer` logs every value as one. `score_predictions` gives the confusion matrix.
     """
     logits, labels = eval_pred.predictions, eval_pred.label_ids
-    predictions = np.asarray(logits).argmax(-1)
-    result = score_predictions(predictions, labels)
+    result = score_predictions(np.asarray(logits).argmax(-1), labels, classes)
     result.pop("confusion_matrix")
+    for name, scores in result.pop("per_class", {}).items():
+        result[f"{name}_f1"] = scores["f1"]
     return result
 
 
-def score_predictions(predictions, references) -> dict:
-    """The spam metric of predicted label ids against the true ones, with the number of examples."""
-    result = load_spam_metric().compute(predictions=predictions, references=references)
+def score_predictions(predictions, references, classes: list[str] | None = None) -> dict:
+    """The spam metric of predicted label ids against the true ones, with the number of examples; for more
+    than two `classes`, the multi-class metrics with `per_class[name] = {precision, recall, f1, support}`."""
+    num_labels = len(classes) if classes else 2
+    result = load_spam_metric().compute(predictions=predictions, references=references, num_labels=num_labels)
+    if num_labels > 2:
+        scores = result.pop("per_class")
+        result["per_class"] = {
+            name: {key: values[i] for key, values in scores.items()} for i, name in enumerate(classes)
+        }
     result["examples"] = int(len(references))
     return result
 

@@ -45,8 +45,9 @@ FAMILY_NAMES = {"gpt2": "GPT-2", "llama": "Llama", "gemma3_text": "Gemma 3", "qw
 class SpamModelCardData:
     """What the model card says about a training run.
 
-    `data` is `DataReport.to_dict()`; `metrics` maps each split to the dict `train.py` builds from
-    `trainer.evaluate` (accuracy, precision, recall, f1, examples, confusion_matrix `[[tn, fp], [fn, tp]]`);
+    `data` is `DataReport.to_dict()`; `metrics` maps each split to the dict `train.evaluate_split` builds
+    (accuracy, precision, recall, f1, examples, confusion_matrix `[[tn, fp], [fn, tp]]`; for a multi-class
+    model macro averages, a K x K matrix and `per_class`);
     `epoch_history` is filled by `ModelCardCallback`. `model_id` is the Hub repository the card is written for
     (`None` for a local directory, which the usage snippet then names by `output_dir`).
     """
@@ -137,6 +138,15 @@ class SpamModelCardData:
         if self.weights_source and self.weights_source.get("license"):
             return self.weights_source["license"]
         return "mit" if self.model_type == "gpt2" else None
+
+    @property
+    def classes(self) -> list[str]:
+        """The model's labels by id: ham and spam, or the classes of a multi-class source."""
+        return self.data.get("classes", ["ham", "spam"])
+
+    @property
+    def is_binary(self) -> bool:
+        return self.classes == ["ham", "spam"]
 
     @property
     def is_sms_spam_collection(self) -> bool:
@@ -252,6 +262,8 @@ def natural_precision(data: SpamModelCardData) -> float | None:
     """
     if "natural_rate" in data.metrics:
         return data.metrics["natural_rate"]["precision"]
+    if not data.is_binary:
+        return None
     labels = data.data["labels"]
     matrix = data.metrics.get("test", {}).get("confusion_matrix")
     if matrix is None:
@@ -277,7 +289,7 @@ def render_model_card(data: SpamModelCardData) -> str:
         dataset_id=DATASET_ID,
         spam_share=data.metrics["natural_rate"]["spam_rate"]
         if "natural_rate" in data.metrics
-        else labels["spam"] / sum(labels.values()),
+        else labels.get("spam", 0) / max(sum(labels.values()), 1),
         natural_precision=natural_precision(data),
         model_path=data.model_id or data.output_dir,
         splits=[split for split in ("train", "validation", "test") if split in data.metrics],

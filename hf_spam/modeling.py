@@ -26,7 +26,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICA
 logger = logging.getLogger(__name__)
 
 ID2LABEL = {0: "ham", 1: "spam"}
-LABEL2ID = {label: i for i, label in ID2LABEL.items()}
+
 
 # Short names resolve to the canonical Hub repositories. Their shapes are listed so that `init: random`
 # builds the same architecture with no download at all.
@@ -174,18 +174,21 @@ def load_model(
     config_overrides: str | None = None,
     revision: str = "main",
     torch_dtype: torch.dtype = torch.float32,
+    classes: list[str] | None = None,
 ) -> PreTrainedModel:
-    """A decoder's `*ForSequenceClassification` with a new 2-way `score` head, labels named for `pipeline()`.
+    """A decoder's `*ForSequenceClassification` with a new `score` head, one output per class of `classes`
+    (default ham, spam), labels named for `pipeline()`.
 
     GPT-2 by default; any decoder-only model that `AutoModelForSequenceClassification` supports (Llama,
     Qwen2/3, Gemma 3, Mistral, ...). `init="pretrained"` loads the weights (safetensors only, never remote
     code); `init="random"` builds the same architecture from its config (for the gpt2 names, with no download).
     """
     overrides = parse_config_overrides(config_overrides)
+    id2label = dict(enumerate(classes)) if classes else ID2LABEL
     settings = {
-        "num_labels": 2,
-        "id2label": ID2LABEL,
-        "label2id": LABEL2ID,
+        "num_labels": len(id2label),
+        "id2label": id2label,
+        "label2id": {label: i for i, label in id2label.items()},
         "problem_type": "single_label_classification",
         # The pad id must live in the saved config: the model's own pooling (used by `pipeline()`) finds
         # the last real token as the rightmost non-pad id.

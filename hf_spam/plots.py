@@ -35,13 +35,13 @@ def plot_loss(log_history: list[dict], examples_per_step: int, path: str | Path)
     return _save(fig, path)
 
 
-def plot_accuracy(log_history: list[dict], path: str | Path) -> Path:
-    """Validation accuracy and F1 at the end of each epoch."""
+def plot_accuracy(log_history: list[dict], path: str | Path, f1_name: str = "spam") -> Path:
+    """Validation accuracy and F1 (of spam, or the macro average of a multi-class model) at the end of each epoch."""
     rows = [e for e in log_history if "eval_accuracy" in e]
     fig, ax = plt.subplots(figsize=(6, 4))
     epochs = [e["epoch"] for e in rows]
     ax.plot(epochs, [e["eval_accuracy"] for e in rows], "o-", label="Validation accuracy")
-    ax.plot(epochs, [e["eval_f1"] for e in rows], "s-.", label="Validation F1 (spam)")
+    ax.plot(epochs, [e["eval_f1"] for e in rows], "s-.", label=f"Validation F1 ({f1_name})")
     ax.set_xlabel("Epochs")
     ax.set_ylabel("Score")
     ax.set_ylim(0, 1.02)
@@ -49,13 +49,18 @@ def plot_accuracy(log_history: list[dict], path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def plot_confusion_matrix(matrix: list[list[int]], path: str | Path, title: str = "Test split") -> Path:
-    """`[[tn, fp], [fn, tp]]`: rows are the true label, columns the prediction."""
-    fig, ax = plt.subplots(figsize=(4, 4))
+def plot_confusion_matrix(
+    matrix: list[list[int]], path: str | Path, classes: list[str] | None = None, title: str = "Test split"
+) -> Path:
+    """`[[tn, fp], [fn, tp]]` (or one row and column per class): rows are the true label, columns the prediction."""
+    names = classes or ["ham", "spam"]
+    size = max(4, 0.6 * len(names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
-    names = ["ham", "spam"]
-    ax.set_xticks([0, 1], names)
-    ax.set_yticks([0, 1], names)
+    ax.set_xticks(
+        range(len(names)), names, rotation=45 if len(names) > 2 else 0, ha="right" if len(names) > 2 else "center"
+    )
+    ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("Predicted")
     ax.set_ylabel("True")
     ax.set_title(title)

@@ -4,8 +4,10 @@
     --train_file mail.csv --text_column body --label_column is_spam
     --train_file train.parquet --validation_file dev.parquet --test_file test.parquet
 
-Columns are found among common names when exactly one fits, labels are mapped to ham (0) and spam (1) from
-strings (any case, surrounding spaces ignored), 0/1, booleans or a `ClassLabel`, and every row is checked: a
+Columns are found among common names when exactly one fits. Labels come from strings (any case, surrounding
+spaces ignored), integers, booleans or a `ClassLabel`: two labels are mapped to ham (0) and spam (1); more
+than two are classes of their own, named by the data (a `ClassLabel`'s order, integers in numeric order, else
+sorted), and trained as a multi-class classifier. Every row is checked: a
 missing or unknown label, an empty text or a value of the wrong type is an error naming the file and row, or,
 with `lenient`, is skipped and counted. What comes out is plain `(texts, labels)` per split, for the same
 dedupe -> balance -> split -> tokenize pipeline the SMS Spam Collection goes through (`hf_spam.data`).
@@ -40,13 +42,14 @@ class SourceError(ValueError):
 
 @dataclass
 class UserRows:
-    """What `read_user_data` found: `splits[name] = (texts, labels)` with labels 0 = ham, 1 = spam."""
+    """What `read_user_data` found: `splits[name] = (texts, labels)`, labels indexing `classes`."""
 
     source: str
     paths: dict[str, str]
     text_column: str
     label_column: str
-    label_names: dict[str, str]  # the data's own label -> "ham" / "spam"
+    classes: list[str]  # ["ham", "spam"] for two labels, else the data's own names
+    label_names: dict[str, str]  # the data's own label -> its class name
     splits: dict[str, tuple[list[str], list[int]]] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
 
@@ -100,8 +103,8 @@ def read_user_data(
             )
     feature = datasets["train"].features[label]
     names = getattr(feature, "names", None)  # a ClassLabel: the stored ints index these names
-    mapping = _label_mapping(datasets, label, names, spam_label, where)
-    rows = UserRows(source, where, text, label, {str(k): LABEL_NAMES[v] for k, v in mapping.items()})
+    classes, mapping = _label_mapping(datasets, label, names, spam_label, where)
+    rows = UserRows(source, where, text, label, classes, {str(k): classes[v] for k, v in mapping.items()})
     skipped: Counter[str] = Counter()
     for split, dataset in datasets.items():
         rows.splits[split] = _checked_rows(dataset, text, label, names, mapping, lenient, where[split], skipped)
@@ -109,9 +112,6 @@ def read_user_data(
     if skipped:
         logger.warning("Skipped %d rows: %s", sum(skipped.values()), rows.skipped)
     return rows
-
-
-LABEL_NAMES = ("ham", "spam")
 
 
 def _read_file(path: str):
@@ -149,11 +149,11 @@ def _normalize(value) -> str:
     return str(value).strip().lower()
 
 
-def _label_mapping(datasets, label: str, names, spam_label: str | None, where) -> dict:
-    """The data's labels (normalized) -> 0 (ham) / 1 (spam), from the distinct values of every split."""
-    values = set()
-    for dataset in datasets.values():
-        values.update(dataset.unique(label))
+def _label_mapping(datasets, label: str, names, spam_label: str | None, where) -> tuple[list[str], dict]:
+    """The class names, and the data's labels (normalized) -> class index: ham (0) / spam (1) for two labels,
+    the data's own names for more. The classes are those of the train split; a label that only a validation or
+    test split has is a row error there, since no model could learn it."""
+    values = set(datasets["train"].unique(label))
     values.discard(None)
     if names is not None:
         values = {names[v] for v in values if isinstance(v, int) and 0 <= v < len(names)}
@@ -161,13 +161,16 @@ def _label_mapping(datasets, label: str, names, spam_label: str | None, where) -
     if len(distinct) < 2:
         raise SourceError(
             f"{where['train']}: column {label!r} has {len(distinct)} label ({', '.join(sorted(distinct)) or 'none'}); "
-            "a spam classifier needs two"
+            "a classifier needs two or more"
         )
     if len(distinct) > 2:
-        raise SourceError(
-            f"{where['train']}: column {label!r} has {len(distinct)} labels ({', '.join(sorted(distinct)[:10])}); "
-            "hf_spam trains two-class (ham/spam) classifiers: map them to two labels first"
-        )
+        if spam_label is not None:
+            raise SourceError(
+                f"spam_label names the positive one of two labels; column {label!r} has {len(distinct)} "
+                f"({', '.join(_ordered(distinct, names)[:10])}): leave spam_label out to train them all as classes"
+            )
+        classes = _ordered(distinct, names)
+        return classes, {name: i for i, name in enumerate(classes)}
     if spam_label is not None:
         positive = _normalize(spam_label)
         if positive not in distinct:
@@ -179,7 +182,16 @@ def _label_mapping(datasets, label: str, names, spam_label: str | None, where) -
                 f"{where['train']}: which of the labels {', '.join(sorted(distinct))} is spam? Set spam_label"
             )
         positive = known[0]
-    return {name: int(name == positive) for name in sorted(distinct)}
+    return ["ham", "spam"], {name: int(name == positive) for name in sorted(distinct)}
+
+
+def _ordered(distinct: set[str], names) -> list[str]:
+    """A `ClassLabel`'s own order, integers in numeric order, else sorted: the order of the model's label ids."""
+    if names is not None:
+        return [n for n in dict.fromkeys(_normalize(n) for n in names) if n in distinct]
+    if all(n.lstrip("-").isdigit() for n in distinct):
+        return sorted(distinct, key=int)
+    return sorted(distinct)
 
 
 def _checked_rows(dataset, text: str, label: str, names, mapping: dict, lenient: bool, where: str, skipped: Counter):

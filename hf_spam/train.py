@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from transformers import DataCollatorWithPadding, set_seed
 from hf_spam.checkpoints import CheckpointError, StopOnSigterm, resolve_resume
 from hf_spam.config import ConfigError, parse_args
 from hf_spam.data import (
-    LABELS,
+    SPLITS,
     DataFormatError,
     DataIntegrityError,
     DownloadError,
@@ -120,6 +121,11 @@ def main(argv: list[str] | None = None) -> dict:
     with training_args.main_process_first(desc="preparing the data"):
         splits, report = load_splits(data_args, training_args.seed)
     held_out = splits.pop("held_out", None)
+    if not report.is_binary and training_args.max_fpr is not None:
+        raise ConfigError(
+            f"max_fpr sets a spam threshold, for ham/spam data; this data has {len(report.classes)} classes "
+            f"({', '.join(report.classes)}): leave max_fpr out"
+        )
 
     # ---- model ----
     model = load_model(
@@ -129,6 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
         dropout=model_args.dropout,
         config_overrides=model_args.config_overrides,
         revision=model_args.model_revision,
+        classes=report.classes,
     )
     freeze(model, model_args.trainable)
     max_length = min(data_args.max_length or model_context(model.config), model_context(model.config))
@@ -184,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
         eval_dataset=eval_features["validation"],
         processing_class=tokenizer,
         data_collator=collator,
-        compute_metrics=compute_metrics,
+        compute_metrics=partial(compute_metrics, classes=report.classes),
         class_weights=class_weights(training_args.class_weights, report.split_labels["train"]),
         callbacks=[sigterm := StopOnSigterm(), ModelCardCallback(card)],
     )
@@ -200,21 +207,13 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.save_metrics("train", train_result.metrics)
 
     # ---- evaluate ----
-    results = {}
-    for split in ("train", "validation", "test"):
-        metrics = trainer.evaluate(eval_features[split], metric_key_prefix=split)
-        trainer.log_metrics(split, metrics)
-        results[split] = {k.removeprefix(f"{split}_"): v for k, v in metrics.items()}
-        results[split]["confusion_matrix"] = [
-            [results[split]["tn"], results[split]["fp"]],
-            [results[split]["fn"], results[split]["tp"]],
-        ]
+    results = {split: evaluate_split(trainer, eval_features[split], split, report.classes) for split in SPLITS}
     if training_args.max_fpr is not None:
         # Saved in config.json with the model: `hf-spam predict` and every metric below then use it.
         model.config.spam_threshold, results["threshold"] = decision_threshold(
             model, tokenizer, splits["validation"], splits["test"], training_args.max_fpr
         )
-    if held_out is not None and len(held_out) and trainer.is_world_process_zero():
+    if held_out is not None and len(held_out) and report.is_binary and trainer.is_world_process_zero():
         test = results["threshold"]["test"] if "threshold" in results else results["test"]
         results["held_out"], results["natural_rate"] = natural_rate_metrics(
             model, tokenizer, held_out, test, report.spam_rate
@@ -235,13 +234,13 @@ def main(argv: list[str] | None = None) -> dict:
         output_dir = Path(training_args.output_dir)
         examples_per_step = training_args.train_batch_size * training_args.gradient_accumulation_steps
         plot_loss(trainer.state.log_history, examples_per_step * training_args.world_size, output_dir / "loss.png")
-        plot_accuracy(trainer.state.log_history, output_dir / "accuracy.png")
-        plot_confusion_matrix(results["test"]["confusion_matrix"], output_dir / "confusion_matrix.png")
+        plot_accuracy(trainer.state.log_history, output_dir / "accuracy.png", "spam" if report.is_binary else "macro")
+        plot_confusion_matrix(results["test"]["confusion_matrix"], output_dir / "confusion_matrix.png", report.classes)
         card.metrics = results
         write_model_card(output_dir, card)
         summary["model_card"] = dataclasses.asdict(card)  # lets `hf-spam push` re-render it for a repo id
         (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-        print(metrics_table(results))
+        print(metrics_table(results, report.classes))
         # The trained model in memory, not a reload of output_dir: a second copy would be the run's peak memory.
         for text, prediction in zip(BOOK_EXAMPLES, classifier(model, tokenizer)(BOOK_EXAMPLES), strict=True):
             print(f"{prediction['label']:>4} {prediction['score']:.3f}  {text}")
@@ -317,6 +316,19 @@ def resolve_base_model(model_args, training_args, cache_dir: str | None) -> tupl
     return path, read_source(path)
 
 
+def evaluate_split(trainer, features, split: str, classes: list[str]) -> dict:
+    """The final metrics of one split (logged and saved as `<split>_*`), with its confusion matrix and, for a
+    multi-class model, the per-class figures."""
+    output = trainer.predict(features, metric_key_prefix=split)
+    trainer.log_metrics(split, output.metrics)
+    metrics = {k.removeprefix(f"{split}_"): v for k, v in output.metrics.items()}
+    scored = score_predictions(np.asarray(output.predictions).argmax(-1), output.label_ids, classes)
+    metrics["confusion_matrix"] = scored["confusion_matrix"]
+    if "per_class" in scored:
+        metrics["per_class"] = scored["per_class"]
+    return metrics
+
+
 def decision_threshold(model, tokenizer, validation, test, max_fpr: float) -> tuple[float, dict]:
     """The lowest spam-probability threshold that flags at most `max_fpr` of the validation ham, and the
     test metrics at it. Lowest: of the thresholds that keep the false-positive rate, it catches most spam."""
@@ -360,27 +372,43 @@ def length_sorted(dataset):
 
 
 def class_weights(option: str | None, train_counts: dict[str, int]) -> torch.Tensor | None:
-    """`None`, inverse-frequency weights for `"balanced"` (sklearn's n / (k * count)), or `"w_ham,w_spam"`."""
+    """`None`, inverse-frequency weights for `"balanced"` (sklearn's n / (k * count)), or one weight per class
+    in label-id order (`"w_ham,w_spam"`). `train_counts` is by class, in label-id order."""
     if option is None:
         return None
+    classes = list(train_counts)
     if option == "balanced":
-        counts = torch.tensor([train_counts[name] for name in LABELS], dtype=torch.float32)
-        return counts.sum() / (len(LABELS) * counts)
+        counts = torch.tensor([train_counts[name] for name in classes], dtype=torch.float32)
+        return counts.sum() / (len(classes) * counts)
     try:
         weights = [float(w) for w in option.split(",")]
     except ValueError:
         weights = []
-    if len(weights) != len(LABELS) or min(weights) <= 0:
-        raise ValueError(f"class_weights must be 'balanced' or two positive numbers 'ham,spam', got {option!r}")
+    if len(weights) != len(classes) or min(weights) <= 0:
+        raise ConfigError(
+            f"class_weights must be 'balanced' or {len(classes)} positive numbers '{','.join(classes)}', got {option!r}"
+        )
     return torch.tensor(weights)
 
 
-def metrics_table(results: dict[str, dict]) -> str:
+def metrics_table(results: dict[str, dict], classes: list[str] | None = None) -> str:
+    """The printed results: one row per split; then per class on the test split (multi-class), the threshold
+    and the natural spam rate (binary) where the run has them."""
     columns = ("accuracy", "precision", "recall", "f1")
+    multi = classes is not None and len(classes) > 2
     lines = [f"{'split':<11}" + "".join(f"{c:>10}" for c in columns) + f"{'examples':>10}"]
-    for split in ("train", "validation", "test"):
+    for split in SPLITS:
         metrics = results[split]
         lines.append(f"{split:<11}" + "".join(f"{metrics[c]:>10.4f}" for c in columns) + f"{metrics['examples']:>10}")
+    if multi:
+        lines[0] += "  (precision, recall, f1: macro averages over the classes)"
+        lines.append(f"{'test class':<21}" + "".join(f"{c:>10}" for c in ("precision", "recall", "f1", "support")))
+        for name, scores in results["test"]["per_class"].items():
+            lines.append(
+                f"{name[:20]:<21}"
+                + "".join(f"{scores[c]:>10.4f}" for c in ("precision", "recall", "f1"))
+                + f"{scores['support']:>10}"
+            )
     if "threshold" in results:
         t, metrics = results["threshold"], results["threshold"]["test"]
         lines.append(

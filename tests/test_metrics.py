@@ -96,3 +96,23 @@ def test_at_spam_rate_pools_unseen_ham_and_reweights_precision():
     assert abs(result["precision"] - recall * 0.125 / (recall * 0.125 + fpr * 0.875)) < 1e-12
     low, high = result["false_positive_rate_95ci"]
     assert low < result["false_positive_rate"] < high
+
+
+def test_multi_class_metrics_are_macro_averages_with_per_class_figures():
+    from hf_spam.metrics import score_predictions
+
+    references = [0, 0, 1, 1, 2, 2, 2]
+    predictions = [0, 1, 1, 1, 2, 0, 2]
+    classes = ["personal", "promo", "phishing"]
+    result = score_predictions(predictions, references, classes)
+    assert result["confusion_matrix"] == confusion_matrix(references, predictions).tolist()
+    assert result["f1"] == pytest.approx(f1_score(references, predictions, average="macro"))
+    assert result["precision"] == pytest.approx(precision_score(references, predictions, average="macro"))
+    assert list(result["per_class"]) == classes
+    assert result["per_class"]["promo"] == pytest.approx({"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2})
+    assert "tp" not in result  # the spam cells mean nothing with three classes
+    logged = compute_metrics(
+        EvalPrediction(predictions=np.eye(3)[predictions], label_ids=np.array(references)), classes
+    )
+    assert logged["phishing_f1"] == pytest.approx(0.8) and "per_class" not in logged
+    assert all(np.isscalar(v) for v in logged.values())

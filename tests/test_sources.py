@@ -112,17 +112,55 @@ def test_a_bad_row_names_the_file_and_row_or_is_skipped_when_lenient(tmp_path, b
 def test_an_unknown_label_in_the_test_file_names_that_file(tmp_path):
     train = _write(tmp_path / "train.csv", _rows())
     test = _write(tmp_path / "test.csv", [*_rows(4), ("what is this", "maybe")])
-    with pytest.raises(SourceError, match="3 labels"):
+    with pytest.raises(SourceError, match=r"test.csv: row 5: unknown is_spam 'maybe' \(labels: ham, spam\)"):
         read_user_data(train_file=train, test_file=test)
 
 
-def test_one_label_or_more_than_two_is_refused(tmp_path):
+def test_one_label_is_refused_and_spam_label_needs_two(tmp_path):
     one = _write(tmp_path / "one.csv", [(f"hello {i}", "ham") for i in range(10)])
-    with pytest.raises(SourceError, match="has 1 label.*needs two"):
+    with pytest.raises(SourceError, match="has 1 label.*needs two or more"):
         read_user_data(train_file=one)
     three = _write(tmp_path / "three.csv", [(f"m {i}", ["a", "b", "c"][i % 3]) for i in range(12)])
-    with pytest.raises(SourceError, match="3 labels"):
-        read_user_data(train_file=three)
+    with pytest.raises(SourceError, match="spam_label names the positive one of two labels.*has 3 \\(a, b, c\\)"):
+        read_user_data(train_file=three, spam_label="a")
+
+
+@pytest.mark.parametrize(
+    "values, classes",
+    [
+        ((" Promo ", "personal", "PHISHING"), ["personal", "phishing", "promo"]),  # normalized, then sorted
+        ((10, 2, 1), ["1", "2", "10"]),  # integers in numeric order, not as text
+    ],
+)
+def test_more_than_two_labels_are_classes_named_by_the_data(tmp_path, values, classes):
+    path = _write(tmp_path / "mail.jsonl", [(f"message {i}", values[i % 3]) for i in range(30)], label="category")
+    rows = read_user_data(train_file=path)
+    assert rows.classes == classes
+    texts, labels = rows.splits["train"]
+    assert [rows.classes[label] for label in labels[:3]] == [str(v).strip().lower() for v in values]
+
+
+def test_a_class_label_keeps_its_own_order_and_only_the_classes_present(tmp_path):
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["sport", "world", "unused", "tech"])})
+    data = Dataset.from_dict({"text": [f"news {i}" for i in range(12)], "label": [3, 0, 1] * 4}, features=features)
+    data.to_parquet(str(tmp_path / "train.parquet"))
+    # Parquet keeps the ClassLabel in its schema metadata, so the file reads back with it.
+    rows = read_user_data(train_file=str(tmp_path / "train.parquet"))
+    assert rows.classes == ["sport", "world", "tech"]
+    assert rows.splits["train"][1][:3] == [2, 0, 1]
+
+
+def test_multi_class_data_is_balanced_to_the_smallest_class_and_split_by_class(tmp_path):
+    rows = [(f"promo {i}", "promo") for i in range(30)] + [(f"personal {i}", "personal") for i in range(60)]
+    rows += [(f"phishing {i}", "phishing") for i in range(20)]
+    splits, report = load_data(train_file=_write(tmp_path / "m.csv", rows, label="category"), keep_held_out=True)
+    assert report.classes == ["personal", "phishing", "promo"] and not report.is_binary
+    assert report.labels == {"personal": 60, "phishing": 20, "promo": 30}
+    assert report.splits == {"train": 42, "validation": 6, "test": 12}
+    assert report.split_labels["test"] == {"personal": 4, "phishing": 4, "promo": 4}
+    assert report.held_out == {"personal": 40, "phishing": 0, "promo": 10}
+    assert splits["train"].features["label"].names == report.classes
+    assert len(splits["held_out"]) == 50
 
 
 def test_unreadable_or_unknown_files_are_one_clear_error(tmp_path):
@@ -178,3 +216,35 @@ def test_the_tiny_recipe_trains_from_a_csv_of_ones_own(tmp_path):
     assert summary["metrics"]["test"]["examples"] == 48
     card = (tmp_path / "out" / "README.md").read_text()
     assert "text from\ncolumn `body`, label from column `is_spam` (`false` = ham, `true` = spam)" in card
+
+
+def test_the_tiny_recipe_trains_three_classes_with_labels_from_the_data(tmp_path):
+    from transformers import pipeline
+
+    from hf_spam.train import main, run
+
+    kinds = {"personal": HAM, "promo": SPAM, "phishing": ["verify your bank login", "your parcel is held, pay fee"]}
+    rows = [(f"{texts[i % len(texts)]} {i}", kind) for i in range(80) for kind, texts in kinds.items()]
+    path = _write(tmp_path / "mail.csv", rows, label="category")
+    args = ["--config", str(ROOT / "configs" / "tiny.yaml"), "--train_file", path, "--num_train_epochs", "1",
+            "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true"]  # fmt: skip
+    assert run([*args, "--output_dir", str(tmp_path / "refused"), "--max_fpr", "0.01"]) == 2
+    assert not (tmp_path / "refused" / "config.json").exists()
+
+    out = tmp_path / "out"
+    summary = main([*args, "--output_dir", str(out), "--class_weights", "balanced"])
+    test = summary["metrics"]["test"]
+    assert list(test["per_class"]) == ["personal", "phishing", "promo"]
+    assert len(test["confusion_matrix"]) == 3 and sum(map(sum, test["confusion_matrix"])) == test["examples"] == 48
+    assert "natural_rate" not in summary["metrics"]  # a spam rate means nothing for three classes
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "personal", "1": "phishing", "2": "promo"}
+    classify = pipeline("text-classification", model=str(out))
+    assert classify("verify your bank login now")[0]["label"] in kinds
+    card = (out / "README.md").read_text()
+    assert "into 3 classes: **personal**, **phishing**, **promo**" in card
+    assert "| Class | Precision | Recall | F1 | Messages |" in card and "| **True phishing** |" in card
+    from hf_spam.inference import load_classifier
+
+    with pytest.raises(ValueError, match="needs a ham/spam model; this one's labels are personal, phishing, promo"):
+        load_classifier(str(out), threshold=0.5)

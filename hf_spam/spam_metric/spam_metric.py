@@ -9,14 +9,19 @@ import evaluate
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 _DESCRIPTION = """Accuracy, precision, recall and F1 with spam (label 1) as the positive class, and the 2x2
-confusion matrix [[tn, fp], [fn, tp]] with rows = true label (ham, spam) and columns = prediction."""
+confusion matrix [[tn, fp], [fn, tp]] with rows = true label (ham, spam) and columns = prediction. With
+num_labels > 2 (a multi-class source): accuracy, macro-averaged precision, recall and F1, the same per class,
+and the num_labels x num_labels confusion matrix."""
 
 _KWARGS_DESCRIPTION = """
 Args:
     predictions (`list` of `int`): predicted labels, 0 = ham, 1 = spam.
     references (`list` of `int`): true labels.
+    num_labels (`int`, default 2): the number of classes; above 2, the metrics are multi-class.
 Returns:
-    accuracy, precision, recall, f1 (`float`), tn, fp, fn, tp (`int`), confusion_matrix (`list[list[int]]`).
+    accuracy, precision, recall, f1 (`float`), tn, fp, fn, tp (`int`), confusion_matrix (`list[list[int]]`);
+    for num_labels > 2, precision, recall and f1 are macro averages, `per_class` holds precision, recall, f1
+    and support as lists by label id, and tn, fp, fn, tp are left out.
 Examples:
     >>> metric = evaluate.load(SPAM_METRIC_PATH)
     >>> metric.compute(predictions=[1, 0, 1], references=[1, 1, 0])["f1"]
@@ -41,7 +46,9 @@ class SpamMetric(evaluate.Metric):
             reference_urls=["https://scikit-learn.org/stable/modules/model_evaluation.html"],
         )
 
-    def _compute(self, predictions, references):
+    def _compute(self, predictions, references, num_labels=2):
+        if num_labels > 2:
+            return _multi_class(predictions, references, list(range(num_labels)))
         precision, recall, f1, _ = precision_recall_fscore_support(
             references, predictions, labels=[1], average="binary", pos_label=1, zero_division=0
         )
@@ -58,3 +65,24 @@ class SpamMetric(evaluate.Metric):
             "tp": tp,
             "confusion_matrix": matrix.tolist(),
         }
+
+
+def _multi_class(predictions, references, labels):
+    # zero_division=0: a class absent from both predictions and references scores 0, and pulls the macro
+    # average down, rather than being skipped and hiding that the split lacks it.
+    precision, recall, f1, support = precision_recall_fscore_support(
+        references, predictions, labels=labels, average=None, zero_division=0
+    )
+    return {
+        "accuracy": float(accuracy_score(references, predictions)),
+        "precision": float(precision.mean()),
+        "recall": float(recall.mean()),
+        "f1": float(f1.mean()),
+        "per_class": {
+            "precision": precision.tolist(),
+            "recall": recall.tolist(),
+            "f1": f1.tolist(),
+            "support": support.tolist(),
+        },
+        "confusion_matrix": confusion_matrix(references, predictions, labels=labels).tolist(),
+    }
