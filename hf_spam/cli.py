@@ -1,4 +1,4 @@
-"""`hf-spam` command line: data | train | predict | push | bench | baseline."""
+"""`hf-spam` command line: data | train | predict | export | push | bench | baseline."""
 
 from __future__ import annotations
 
@@ -52,11 +52,17 @@ def predict_command(args: argparse.Namespace) -> int:
     keep_freed_memory()
     try:
         classifier = load_classifier(
-            args.model, batch_size=args.batch_size, device=args.device, dtype=args.dtype, threshold=args.threshold
+            args.model,
+            batch_size=args.batch_size,
+            device=args.device,
+            dtype=args.dtype,
+            threshold=args.threshold,
+            backend=args.backend,
         )
     # Refused (UnsafeModelError is a ValueError), missing, not a model directory, or a config.json or
-    # model.safetensors that does not parse (JSONDecodeError, transformers' ValueError, SafetensorError).
-    except (ValueError, OSError, SafetensorError) as err:
+    # model.safetensors that does not parse (JSONDecodeError, transformers' ValueError, SafetensorError);
+    # for onnxruntime, no exported graph or no onnx extra (ExportError).
+    except (ValueError, OSError, SafetensorError, RuntimeError) as err:
         message = str(err) if args.model in str(err) else f"{args.model}: {err}"  # always say which model
         print(f"hf-spam predict: {message}", file=sys.stderr)
         return 2
@@ -88,6 +94,24 @@ def predict_command(args: argparse.Namespace) -> int:
             print(json.dumps(answers[number]), flush=False)
         sys.stdout.flush()
     return 1 if failed else 0
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from safetensors import SafetensorError
+
+    from hf_spam.export import ExportError, OnnxMissingError, export
+
+    try:
+        report = export(args.model_dir, args.quantize, args.test_file, args.max_accuracy_drop, args.opset)
+    except ExportError as err:  # the graph does not match, or int8 costs too much: nothing was kept
+        print(f"hf-spam export: {err}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError, SafetensorError, DataFormatError, DownloadError, OnnxMissingError) as err:
+        message = str(err) if args.model_dir in str(err) else f"{args.model_dir}: {err}"
+        print(f"hf-spam export: {message}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2))
+    return 0
 
 
 def push_command(args: argparse.Namespace) -> int:
@@ -165,11 +189,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available).")
     predict.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16"],
-        default="float32",
-        help="bfloat16: about 2x faster on CPUs with AVX-512 BF16/AMX and on GPUs, but not exact (see README).",
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="onnxruntime: the graph `hf-spam export` wrote into the model directory, on the CPU.",
     )
+    predict.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "int8"],
+        default="float32",
+        help="torch: float32 or bfloat16 (about 2x faster on CPUs with AVX-512 BF16/AMX and on GPUs, not exact); "
+        "onnxruntime: float32 (onnx/model.onnx) or int8 (onnx/model_quantized.onnx).",
+    )
+
+    export = sub.add_parser("export", help="Export a trained model to ONNX (and int8), verified on its test split.")
+    export.add_argument("model_dir", help="A directory written by `hf-spam train`; the files go to MODEL_DIR/onnx/.")
+    export.add_argument("--quantize", choices=["int8"], default=None, help="Also write onnx/model_quantized.onnx.")
+    export.add_argument(
+        "--test_file",
+        default=None,
+        help="Labelled messages to verify on (csv/tsv/json/jsonl/parquet); default: the model's own test split.",
+    )
+    export.add_argument(
+        "--max_accuracy_drop",
+        type=float,
+        default=0.5,
+        help="Fail when int8 test accuracy is more than this many points below float32's (default 0.5).",
+    )
+    export.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18).")
     return parser
 
 
@@ -193,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         return data_command(args)
     if args.command == "push":
         return push_command(args)
+    if args.command == "export":
+        return export_command(args)
     return predict_command(args)
 
 

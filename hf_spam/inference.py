@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
@@ -50,6 +51,7 @@ def load_classifier(
     device: str | int | None = None,
     dtype: str = "float32",
     threshold: float | None = None,
+    backend: str = "torch",
 ) -> Callable[[list[str]], list[dict]]:
     """A function `texts -> [{"label": "spam"|"ham", "score": float}, ...]`, in input order.
 
@@ -61,8 +63,24 @@ def load_classifier(
     code runs. `dtype="bfloat16"` computes the matrix products in bfloat16 (autocast): about twice as fast on
     CPUs with AVX-512 BF16 or AMX and on recent GPUs, but not exact: a score can move in its second decimal,
     and a message near 0.5 can change label.
+
+    `backend="onnxruntime"` runs `hf-spam export`'s graph instead: `onnx/model.onnx` (float32, exact) or, with
+    `dtype="int8"`, `onnx/model_quantized.onnx`, on the CPU, with the same batching and answers.
     """
+    if backend == "onnxruntime":
+        from hf_spam.export import onnx_classifier
+
+        return onnx_classifier(model_dir, batch_size, dtype, threshold)
+    if backend != "torch":
+        raise ValueError(f"backend: torch or onnxruntime, got {backend!r}")
     _torch_dtype(dtype)  # before loading: an unknown dtype fails at once
+    model, tokenizer = load_model_dir(model_dir, device)
+    return classifier(model, tokenizer, batch_size, dtype, threshold)
+
+
+def load_model_dir(model_dir: str, device: str | int | None = "cpu") -> tuple[PreTrainedModel, object]:
+    """The model (eval mode, fused GELU for GPT-2, on `device`; None: cuda if available) and tokenizer of a
+    trained directory or Hub id: safetensors only, never remote code."""
     check_local_model_dir(model_dir)
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)  # first: a broken one fails clearly
     check_decoder(config, model_dir)
@@ -74,7 +92,7 @@ def load_classifier(
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(torch.device(f"cuda:{device}" if isinstance(device, int) else device))
-    return classifier(model, tokenizer, batch_size, dtype, threshold)
+    return model, tokenizer
 
 
 def classifier(
@@ -87,41 +105,77 @@ def classifier(
     """`load_classifier`'s function for a model already in memory (put in eval mode), on its device."""
     torch_dtype = _torch_dtype(dtype)
     model.eval()
-    max_length = model_context(model.config)
-    threshold = threshold if threshold is not None else getattr(model.config, "spam_threshold", None)
-    spam = model.config.label2id.get("spam")
-    if threshold is not None and (spam is None or len(model.config.id2label) != 2):
-        labels = ", ".join(model.config.id2label[i] for i in sorted(model.config.id2label))
+
+    def forward(batch: dict[str, torch.Tensor]) -> np.ndarray:
+        autocast = torch.autocast(model.device.type, dtype=torch_dtype, enabled=torch_dtype != torch.float32)
+        with torch.inference_mode(), autocast:
+            logits = last_token_logits(model, **{k: v.to(model.device) for k, v in batch.items()})
+        return logits.float().softmax(-1).cpu().numpy()
+
+    probabilities = batched(forward, tokenizer, model_context(model.config), batch_size, "pt")
+    return labelled(probabilities, model.config, threshold)
+
+
+def batched(forward, tokenizer, max_length: int, batch_size: int, tensors: str):
+    """`texts -> [len(texts), labels]` probabilities from `forward(padded batch)`, each distinct text computed
+    once, in batches of similar token length (the less padding, the less work), right-padded, truncated to
+    `max_length`. `tensors` is the batch type `forward` takes: "pt" (torch) or "np" (ONNX Runtime)."""
+
+    def probabilities(texts: list[str]) -> np.ndarray:
+        distinct = list(dict.fromkeys(texts))  # real streams repeat messages: classify each once
+        input_ids = tokenizer(distinct, truncation=True, max_length=max_length)["input_ids"]
+        order = sorted(range(len(distinct)), key=lambda i: len(input_ids[i]))
+        rows: list[np.ndarray | None] = [None] * len(distinct)
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            batch = tokenizer.pad(
+                {"input_ids": [input_ids[i] for i in index]}, padding_side="right", return_tensors=tensors
+            )
+            for i, row in zip(index, forward(dict(batch)), strict=True):
+                rows[i] = row
+        position = {text: i for i, text in enumerate(distinct)}
+        return np.stack([rows[position[text]] for text in texts]) if texts else np.zeros((0, 0), np.float32)
+
+    return probabilities
+
+
+def labelled(probabilities, config, threshold: float | None = None) -> Callable[[list[str]], list[dict]]:
+    """`texts -> [{"label", "score"}, ...]` from a `batched` probability function and the model's config.
+
+    The label is the argmax, as in `pipeline()`, unless there is a decision threshold: `threshold`, else the
+    config's `spam_threshold`. Then a message is spam when its spam probability is at least the threshold,
+    and `score` is the probability of the label given.
+    """
+    threshold = threshold if threshold is not None else getattr(config, "spam_threshold", None)
+    spam = config.label2id.get("spam")
+    if threshold is not None and (spam is None or len(config.id2label) != 2):
+        labels = ", ".join(config.id2label[i] for i in sorted(config.id2label))
         raise ValueError(f"threshold: a spam threshold needs a ham/spam model; this one's labels are {labels}")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold: a spam probability in [0, 1], got {threshold!r}")
 
     def predict(texts: list[str]) -> list[dict]:
-        distinct = list(dict.fromkeys(texts))  # real streams repeat messages: classify each once
-        input_ids = tokenizer(distinct, truncation=True, max_length=max_length)["input_ids"]
-        order = sorted(range(len(distinct)), key=lambda i: len(input_ids[i]))
-        answers: dict[str, dict] = {}
-        autocast = torch.autocast(model.device.type, dtype=torch_dtype, enabled=torch_dtype != torch.float32)
-        with torch.inference_mode(), autocast:
-            for start in range(0, len(order), batch_size):
-                index = order[start : start + batch_size]
-                batch = tokenizer.pad(
-                    {"input_ids": [input_ids[i] for i in index]}, padding_side="right", return_tensors="pt"
-                ).to(model.device)
-                probabilities = last_token_logits(model, **batch).float().softmax(-1).cpu()
-                if threshold is None:
-                    scores, labels = probabilities.max(-1)
-                else:
-                    labels = torch.where(probabilities[:, spam] >= threshold, spam, 1 - spam)
-                    scores = probabilities.gather(1, labels[:, None])[:, 0]
-                for i, label, score in zip(index, labels.tolist(), scores.tolist(), strict=True):
-                    answers[distinct[i]] = {"label": model.config.id2label[label], "score": score}
-        return [dict(answers[text]) for text in texts]
+        p = probabilities(texts)
+        if not len(p):
+            return []
+        if threshold is None:
+            labels = p.argmax(-1)
+        else:
+            labels = np.where(p[:, spam] >= np.float32(threshold), spam, 1 - spam)
+        scores = p[np.arange(len(p)), labels]
+        return [
+            {"label": config.id2label[int(label)], "score": float(score)}
+            for label, score in zip(labels, scores, strict=True)
+        ]
 
+    predict.probabilities = probabilities  # the rows behind the answers, for comparisons (`hf_spam.export`)
     return predict
 
 
 def _torch_dtype(dtype: str) -> torch.dtype:
     if dtype not in DTYPES:
-        raise ValueError(f"dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
+        hint = (
+            " (int8 runs on --backend onnxruntime, after `hf-spam export --quantize int8`)" if dtype == "int8" else ""
+        )
+        raise ValueError(f"dtype: torch runs {' or '.join(DTYPES)}, got {dtype!r}{hint}")
     return DTYPES[dtype]

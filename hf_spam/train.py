@@ -221,6 +221,9 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {
         "base_model": {"name": model_args.model_name_or_path, "loaded_from": model_path, "source": weights_source},
         "data": report.to_dict(),
+        # With the seed, what rebuilds these exact splits (`hf-spam export` verifies on the test split).
+        "data_arguments": dataclasses.asdict(data_args),
+        "seed": training_args.seed,
         "metrics": results,
         "train": train_result.metrics,
         "world_size": training_args.world_size,

@@ -26,6 +26,17 @@ def test_quick_bench_reports_what_it_measured(tmp_path, monkeypatch):
     assert report["ratios"]["a_over_c"] == round(a_seconds / median_c, 2)
     # (b) and (c) train the same model on the same batches: the same answers on the test split.
     assert report["b_vs_c"]["identical_labels"] == report["b_vs_c"]["test_messages"]
-    exact = report["predict"]["hf_spam_predict_float32"]
-    assert exact["same_labels_as_pipeline"] == report["predict"]["messages"] == 300
-    assert exact["max_score_difference"] < 1e-4
+    predict = report["predict"]
+    assert predict["messages"] == 300
+    assert set(predict["rows"]) == {
+        "torch_float32", "torch_bfloat16", "onnxruntime_float32", "onnxruntime_int8",
+        "pipeline_one_at_a_time", "pipeline_batch_64",
+    }  # fmt: skip
+    rows = predict["rows"]
+    assert rows["torch_float32"]["same_label_as_torch_float32"] == 300
+    # Exact backends: the same labels as torch float32, hence the same test accuracy.
+    for name in ("onnxruntime_float32", "pipeline_one_at_a_time", "pipeline_batch_64"):
+        assert rows[name]["same_label_as_torch_float32"] == 300, name
+        assert rows[name]["test_accuracy"] == rows["torch_float32"]["test_accuracy"], name
+    assert predict["onnx_verification"]["float32"]["max_score_difference"] <= 1e-4
+    assert rows["pipeline_one_at_a_time"]["speedup_over_pipeline_one_at_a_time"] == 1.0

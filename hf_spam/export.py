@@ -1,0 +1,283 @@
+"""`hf-spam export MODEL_DIR`: the trained classifier as ONNX, checked against torch before it is kept.
+
+    hf-spam export outputs/smollm2-135m                    # onnx/model.onnx (float32)
+    hf-spam export outputs/smollm2-135m --quantize int8    # + onnx/model_quantized.onnx (int8 weights)
+    hf-spam predict --model outputs/smollm2-135m --backend onnxruntime --dtype int8 < messages.txt
+
+The files sit in `MODEL_DIR/onnx/`, where Transformers.js and optimum look for them. The graph takes
+`input_ids` and `attention_mask` (int64, dynamic batch and length, right-padded) and returns `logits`
+`[batch, labels]` at the last real token of each row, found from the attention mask, for every decoder
+hf_spam trains. Before anything replaces `onnx/`, the float32 graph must give the torch model's scores on the
+test split (max difference 1e-4, equal labels), and int8 must stay within `max_accuracy_drop` points of
+float32's test accuracy; `onnx/verification.json` keeps the figures. A failed check leaves `MODEL_DIR` as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+ONNX_FILES = {"float32": "model.onnx", "int8": "model_quantized.onnx"}
+SCORE_TOLERANCE = 1e-4
+# ONNX protobuf files cannot exceed 2 GiB; larger models keep their weights in `<file>_data` beside it.
+INLINE_LIMIT = 1_800_000_000
+MISSING_EXTRA = "ONNX export needs the onnx extra: `pip install onnx onnxscript onnxruntime` (make install adds them)"
+
+
+class ExportError(RuntimeError):
+    """The exported graph does not do what the torch model does (or int8 costs too much accuracy)."""
+
+
+class OnnxMissingError(RuntimeError):
+    """The optional onnx packages are not installed."""
+
+
+class LastTokenLogits(nn.Module):
+    """The classifier as ONNX sees it: keyword inputs, no cache, the head applied at the last real token."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
+        last = attention_mask.sum(-1) - 1
+        return self.model.score(hidden[torch.arange(hidden.shape[0]), last])
+
+
+def require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as err:
+        raise OnnxMissingError(f"{MISSING_EXTRA} ({err.name} is missing)") from None
+
+
+def export(
+    model_dir: str,
+    quantize: str | None = None,
+    test_file: str | None = None,
+    max_accuracy_drop: float = 0.5,
+    opset: int = 18,
+) -> dict:
+    """Export, verify, then move `onnx/` into `model_dir`; returns what `onnx/verification.json` holds."""
+    from hf_spam.inference import classifier, load_model_dir
+
+    require_onnx()
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize: only int8 is supported, got {quantize!r}")
+    if not 0 <= max_accuracy_drop <= 100:
+        raise ValueError(f"max_accuracy_drop: points of test accuracy in [0, 100], got {max_accuracy_drop}")
+    model, tokenizer = load_model_dir(model_dir)
+    texts, labels, split = verification_split(model_dir, model.config, test_file)
+    work = Path(tempfile.mkdtemp(prefix=".onnx-", dir=model_dir))
+    work.chmod(0o755)  # mkdtemp's 0700 would hide the files from a server running as another user
+    try:
+        started = time.perf_counter()
+        float_path = work / ONNX_FILES["float32"]
+        export_graph(model, tokenizer, float_path, opset)
+        report = {"model_dir": str(model_dir), "opset": opset, "verified_on": split, "messages": len(texts)}
+        report["export_seconds"] = round(time.perf_counter() - started, 1)
+
+        reference = classifier(model, tokenizer).probabilities(texts)
+        exported = onnx_probabilities(float_path, tokenizer, model.config)(texts)
+        difference = float(np.abs(exported - reference).max()) if len(texts) else 0.0
+        disagree = int((exported.argmax(-1) != reference.argmax(-1)).sum())
+        report["float32"] = {
+            "file": float_path.name,
+            "bytes": _size(float_path),
+            "max_score_difference": difference,
+            "labels_differing_from_torch": disagree,
+            "accuracy": _accuracy(exported, labels),
+        }
+        report["torch_accuracy"] = _accuracy(reference, labels)
+        if difference > SCORE_TOLERANCE or disagree:
+            raise ExportError(
+                f"{model_dir}: the float32 ONNX graph differs from the torch model on the {split}: max score "
+                f"difference {difference:.3g} (allowed {SCORE_TOLERANCE:g}), {disagree} labels differ"
+            )
+        if quantize == "int8":
+            int8_path = work / ONNX_FILES["int8"]
+            quantize_int8(float_path, int8_path)
+            quantized = onnx_probabilities(int8_path, tokenizer, model.config)(texts)
+            drop = 100 * (report["float32"]["accuracy"] - _accuracy(quantized, labels))
+            report["int8"] = {
+                "file": int8_path.name,
+                "bytes": _size(int8_path),
+                "max_score_difference": float(np.abs(quantized - exported).max()) if len(texts) else 0.0,
+                "label_agreement_with_float32": float((quantized.argmax(-1) == exported.argmax(-1)).mean()),
+                "accuracy": _accuracy(quantized, labels),
+                "accuracy_drop_points": round(drop, 4),
+                "max_accuracy_drop": max_accuracy_drop,
+            }
+            if drop > max_accuracy_drop:
+                raise ExportError(
+                    f"{model_dir}: int8 loses {drop:.2f} points of test accuracy on the {split} "
+                    f"({report['float32']['accuracy']:.4f} -> {report['int8']['accuracy']:.4f}), more than "
+                    f"max_accuracy_drop {max_accuracy_drop}; keep float32, or allow more with --max_accuracy_drop"
+                )
+        (work / "verification.json").write_text(json.dumps(report, indent=2) + "\n")
+        target = Path(model_dir) / "onnx"
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=".onnx-old-", dir=model_dir))
+            target.rename(old / "onnx")
+            work.rename(target)
+            shutil.rmtree(old)
+        else:
+            work.rename(target)
+        return report
+    finally:
+        if work.exists():
+            shutil.rmtree(work)
+
+
+def export_graph(model, tokenizer, path: Path, opset: int = 18) -> None:
+    """`torch.onnx.export` (the dynamo exporter) of `LastTokenLogits(model)` with dynamic batch and length."""
+    model.eval()
+    # Two rows of different lengths: the example has padding, so no shape is specialized to a single row.
+    example = tokenizer(["an example message to trace", "a shorter one"], padding=True, return_tensors="pt")
+    batch, length = torch.export.Dim("batch"), torch.export.Dim("sequence_length")
+    inline = sum(p.numel() * p.element_size() for p in model.parameters()) < INLINE_LIMIT
+    with warnings.catch_warnings(), _quiet("torch.onnx", "torch.export", "onnxscript", "onnx_ir"):
+        # The exporter warns about internals (deprecated helpers, torchvision ops it skips) a user can't act on.
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            LastTokenLogits(model),
+            (),
+            kwargs={"input_ids": example["input_ids"], "attention_mask": example["attention_mask"]},
+            input_names=["input_ids", "attention_mask"],
+            output_names=["logits"],
+            dynamic_shapes={"input_ids": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}},
+            opset_version=opset,
+            dynamo=True,
+            verbose=False,
+        )
+        program.save(str(path), external_data=not inline)
+
+
+def quantize_int8(source: Path, target: Path) -> None:
+    """Dynamic quantization: int8 weights for MatMul/Gemm, activations quantized per batch at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet("onnxruntime", "root"):
+        quantize_dynamic(
+            str(source),
+            str(target),
+            weight_type=QuantType.QInt8,
+            use_external_data_format=(source.parent / f"{source.name}.data").exists(),
+        )
+
+
+def session(path: Path):
+    """An ONNX Runtime CPU session with all graph optimizations, one intra-op thread per core we may use."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise here
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_probabilities(path: Path, tokenizer, config, batch_size: int = 64) -> Callable[[list[str]], np.ndarray]:
+    """`inference.batched` over an ONNX Runtime session of `path`: the probabilities `hf-spam predict` uses."""
+    from hf_spam.inference import batched
+    from hf_spam.modeling import model_context
+
+    run = session(path).run
+
+    def forward(batch: dict[str, np.ndarray]) -> np.ndarray:
+        feeds = {name: np.ascontiguousarray(batch[name], dtype=np.int64) for name in ("input_ids", "attention_mask")}
+        logits = run(["logits"], feeds)[0].astype(np.float32)
+        exp = np.exp(logits - logits.max(-1, keepdims=True))
+        return exp / exp.sum(-1, keepdims=True)
+
+    return batched(forward, tokenizer, model_context(config), batch_size, "np")
+
+
+def onnx_classifier(
+    model_dir: str, batch_size: int = 64, dtype: str = "float32", threshold: float | None = None
+) -> Callable[[list[str]], list[dict]]:
+    """`hf-spam predict --backend onnxruntime`: `MODEL_DIR/onnx/model.onnx`, or `model_quantized.onnx` for
+    `dtype="int8"`, with the tokenizer and labels (and any `spam_threshold`) of `MODEL_DIR`."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from hf_spam.inference import labelled
+
+    if dtype not in ONNX_FILES:
+        raise ValueError(f"dtype: the onnxruntime backend runs {' or '.join(ONNX_FILES)}, got {dtype!r}")
+    require_onnx()
+    path = Path(model_dir) / "onnx" / ONNX_FILES[dtype]
+    if not path.is_file():
+        how = " --quantize int8" if dtype == "int8" else ""
+        raise FileNotFoundError(f"{model_dir}: no onnx/{path.name}; run `hf-spam export {model_dir}{how}` first")
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    return labelled(onnx_probabilities(path, tokenizer, config, batch_size), config, threshold)
+
+
+def verification_split(model_dir: str, config, test_file: str | None) -> tuple[list[str], np.ndarray, str]:
+    """Texts and label ids to check the export on: `test_file` (any format `--train_file` takes, with the
+    model's labels), else the test split the model was trained with (rebuilt from `metrics.json`)."""
+    from hf_spam.config import DataArguments
+    from hf_spam.sources import SourceError, read_user_data
+    from hf_spam.train import load_splits
+
+    if test_file is not None:
+        rows = read_user_data(train_file=test_file)
+        unknown = sorted(set(rows.classes) - set(config.label2id))
+        if unknown:
+            raise SourceError(
+                f"{test_file}: labels {', '.join(unknown)} are not the model's ({', '.join(config.label2id)})"
+            )
+        texts, ids = rows.splits["train"]
+        return texts, np.array([config.label2id[rows.classes[i]] for i in ids]), f"{test_file}"
+    summary_path = Path(model_dir) / "metrics.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if "data_arguments" not in summary:
+        raise SourceError(
+            f"{model_dir}: no metrics.json with the training data's settings, so its test split is unknown; "
+            "give the messages to check on with --test_file"
+        )
+    data_args = DataArguments(**{**summary["data_arguments"], "evaluate_held_out": False})
+    splits, _ = load_splits(data_args, summary["seed"])
+    test = splits["test"]
+    return list(test["text"]), np.array(test["label"]), "test split"
+
+
+def _accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    return float((probabilities.argmax(-1) == labels).mean()) if len(labels) else 0.0
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.parent.glob(f"{path.name}*"))
+
+
+class _quiet:
+    """Raise the named loggers to ERROR for the duration."""
+
+    def __init__(self, *names: str):
+        self.loggers = [logging.getLogger(name) for name in names]
+
+    def __enter__(self):
+        self.levels = [lg.level for lg in self.loggers]
+        for lg in self.loggers:
+            lg.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        for lg, level in zip(self.loggers, self.levels, strict=True):
+            lg.setLevel(level)

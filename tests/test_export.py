@@ -1,0 +1,147 @@
+"""ONNX export: exact float32 for every decoder, int8 within its accuracy budget, nothing kept when a check
+fails, and `predict --backend onnxruntime` giving torch's answers."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from hf_spam import export as export_module
+from hf_spam.cli import main as cli_main
+from hf_spam.data import load_sms_spam
+from hf_spam.export import ExportError, export, export_graph, onnx_probabilities
+from hf_spam.inference import classifier, load_classifier
+
+from .conftest import ROOT
+from .test_decoders import FAMILIES, TEXTS, tiny_config
+
+pytest.importorskip("onnxruntime")
+
+# Lengths 1 to ~60 tokens in one batch, and batches with no padding at all.
+MESSAGES = [*TEXTS, "hi", "Call 09061701461 to claim your prize " * 3, "ok", "ok"]
+
+
+@pytest.fixture
+def saved(tmp_path, tiny_model, tokenizer):
+    tiny_model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+@pytest.fixture
+def test_csv(tmp_path):
+    """60 labelled SMS messages of the collection, as a user's own test file."""
+    splits, _ = load_sms_spam()
+    path = tmp_path / "test.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        for text, label in zip(splits["test"]["text"][:60], splits["test"]["label"][:60], strict=True):
+            writer.writerow([text, ["ham", "spam"][label]])
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "family",
+    [f if f == "gemma3_text" else pytest.param(f, marks=pytest.mark.slow) for f in sorted(FAMILIES)],
+)
+def test_every_decoder_exports_exactly_with_dynamic_batch_and_length(family, tokenizer, tmp_path):
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(tiny_config(family, tokenizer)).eval()
+    export_graph(model, tokenizer, tmp_path / "model.onnx")
+    reference = classifier(model, tokenizer, batch_size=4).probabilities(MESSAGES)
+    for batch_size in (1, 3, 64):  # one row, ragged batches, everything at once
+        got = onnx_probabilities(tmp_path / "model.onnx", tokenizer, model.config, batch_size)(MESSAGES)
+        np.testing.assert_allclose(got, reference, atol=1e-5)
+
+
+def test_gpt2_export_writes_the_transformers_js_layout_and_predict_runs_it(saved, test_csv, capsys):
+    assert cli_main(["export", str(saved), "--quantize", "int8", "--test_file", test_csv]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert sorted(p.name for p in (saved / "onnx").iterdir()) == [
+        "model.onnx",
+        "model_quantized.onnx",
+        "verification.json",
+    ]
+    assert json.loads((saved / "onnx" / "verification.json").read_text()) == report
+    assert report["messages"] == 60 and report["float32"]["labels_differing_from_torch"] == 0
+    assert report["float32"]["max_score_difference"] <= 1e-4
+    assert report["int8"]["bytes"] < report["float32"]["bytes"] / 2  # int8 weights
+    assert not list(saved.glob(".onnx-*"))
+
+    torch_answers = load_classifier(str(saved))(MESSAGES)
+    onnx_answers = load_classifier(str(saved), backend="onnxruntime")(MESSAGES)
+    assert [a["label"] for a in onnx_answers] == [a["label"] for a in torch_answers]
+    assert [a["score"] for a in onnx_answers] == pytest.approx([a["score"] for a in torch_answers], abs=1e-5)
+    int8 = load_classifier(str(saved), backend="onnxruntime", dtype="int8")(MESSAGES)
+    assert len(int8) == len(MESSAGES) and int8[-1] == int8[-2]  # a repeated text is answered once, the same
+
+
+def test_a_graph_that_differs_from_torch_is_not_kept(saved, test_csv, monkeypatch):
+    assert cli_main(["export", str(saved), "--test_file", test_csv]) == 0
+    before = {p.name: p.read_bytes() for p in (saved / "onnx").iterdir()}
+    monkeypatch.setattr(export_module, "SCORE_TOLERANCE", -1.0)  # no graph can pass
+    with pytest.raises(ExportError, match="differs from the torch model"):
+        export(str(saved), test_file=test_csv)
+    assert {p.name: p.read_bytes() for p in (saved / "onnx").iterdir()} == before  # the earlier export stays
+    assert not list(saved.glob(".onnx-*"))
+
+
+def test_int8_that_costs_accuracy_fails_and_leaves_nothing(saved, test_csv, tokenizer, monkeypatch, capsys):
+    flipped = AutoModelForSequenceClassification.from_pretrained(saved).eval()
+    with torch.no_grad():
+        flipped.score.weight.neg_()  # every label the other way round: accuracy 1 - float32's
+
+    monkeypatch.setattr(
+        export_module, "quantize_int8", lambda source, target: export_graph(flipped, tokenizer, target)
+    )
+    float_accuracy = np.mean(
+        [
+            a["label"] == row["label"]
+            for a, row in zip(load_classifier(str(saved))(_texts(test_csv)), _rows(test_csv), strict=True)
+        ]
+    )
+    assert float_accuracy != 0.5  # otherwise the flipped graph would lose nothing
+    code = cli_main(["export", str(saved), "--quantize", "int8", "--test_file", test_csv, "--max_accuracy_drop", "0"])
+    assert code == (1 if float_accuracy > 0.5 else 0)
+    if code:
+        assert "int8 loses" in capsys.readouterr().err
+        assert not (saved / "onnx").exists() and not list(saved.glob(".onnx-*"))
+
+
+def test_the_default_check_is_the_test_split_the_model_was_trained_with(tmp_path):
+    from hf_spam.train import main
+
+    out = tmp_path / "out"
+    summary = main(
+        ["--config", str(ROOT / "configs" / "tiny.yaml"), "--output_dir", str(out), "--num_train_epochs", "1",
+         "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true"]
+    )  # fmt: skip
+    report = export(str(out), quantize="int8")
+    assert report["verified_on"] == "test split" and report["messages"] == summary["metrics"]["test"]["examples"]
+    assert report["torch_accuracy"] == pytest.approx(summary["metrics"]["test"]["accuracy"])
+    assert report["int8"]["accuracy_drop_points"] <= 0.5
+
+
+def test_clear_errors_without_an_export_or_without_the_extra(saved, monkeypatch, capsys):
+    assert cli_main(["predict", "--model", str(saved), "--backend", "onnxruntime", "hello"]) == 2
+    assert f"no onnx/model.onnx; run `hf-spam export {saved}` first" in capsys.readouterr().err
+    assert cli_main(["export", str(saved)]) == 2  # no metrics.json: which messages to check on?
+    assert "give the messages to check on with --test_file" in capsys.readouterr().err
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)
+    assert cli_main(["export", str(saved)]) == 2
+    assert "needs the onnx extra" in capsys.readouterr().err
+    assert cli_main(["predict", "--model", str(saved), "--backend", "onnxruntime", "hello"]) == 2
+    assert "needs the onnx extra" in capsys.readouterr().err
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _texts(path):
+    return [row["text"] for row in _rows(path)]
