@@ -1,4 +1,4 @@
-"""`hf-spam` command line: data | train | predict | export | push | bench | baseline."""
+"""`hf-spam` command line: data | train | predict | export | serve | loadtest | push | bench | baseline."""
 
 from __future__ import annotations
 
@@ -114,6 +114,36 @@ def export_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_command(args: argparse.Namespace) -> int:
+    from safetensors import SafetensorError
+
+    from hf_spam.serve import serve
+
+    for name in ("port", "batch_size", "max_body_bytes", "max_texts", "max_text_chars"):
+        value = getattr(args, name)
+        if value < 1 or (name == "port" and value > 65535):
+            print(
+                f"hf-spam serve: --{name} must be {'1-65535' if name == 'port' else 'at least 1'}, got {value}",
+                file=sys.stderr,
+            )
+            return 2
+    if args.batch_wait_ms < 0 or args.max_batch_texts < 0:
+        print("hf-spam serve: --batch_wait_ms and --max_batch_texts must not be negative", file=sys.stderr)
+        return 2
+    try:
+        return serve(args)
+    except ImportError as err:
+        print(
+            f"hf-spam serve: needs the serve extra: `pip install fastapi uvicorn` ({err.name} is missing)",
+            file=sys.stderr,
+        )
+        return 2
+    except (ValueError, OSError, SafetensorError, RuntimeError) as err:
+        message = str(err) if args.model in str(err) else f"{args.model}: {err}"
+        print(f"hf-spam serve: {message}", file=sys.stderr)
+        return 2
+
+
 def push_command(args: argparse.Namespace) -> int:
     from hf_spam.hub import push_output_dir
     from hf_spam.model_card import SpamModelCardData, write_model_card
@@ -162,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         "baseline", help="Char TF-IDF + logistic regression on the same splits (`hf-spam baseline --help`)."
     )
     sub.add_parser("bench", help="Time the book's loop, plain Trainer and hf_spam (see `hf-spam bench --help`).")
+    sub.add_parser("loadtest", help="Load `hf-spam serve` on loopback (see `hf-spam loadtest --help`).")
     sub.add_parser(
         "train", help="Fine-tune (all flags of hf_spam/train.py; see `hf-spam train --help`).", add_help=False
     )
@@ -217,6 +248,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="Fail when int8 test accuracy is more than this many points below float32's (default 0.5).",
     )
     export.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18).")
+
+    serve = sub.add_parser("serve", help="An HTTP API (Hugging Face Inference API shape) and a page to try it.")
+    serve.add_argument("--model", required=True, help="A directory written by `hf-spam train`.")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="Address to listen on (default 127.0.0.1: this machine only)."
+    )
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
+    serve.add_argument("--dtype", choices=["float32", "bfloat16", "int8"], default="float32", help="As for predict.")
+    serve.add_argument("--batch_size", type=int, default=64, help="Texts per forward pass, in token-length order.")
+    serve.add_argument(
+        "--batch_wait_ms",
+        type=float,
+        default=5.0,
+        help="How long the first request of a batch waits for others (0 with --max_batch_texts 0: no gathering).",
+    )
+    serve.add_argument("--max_batch_texts", type=int, default=256, help="Texts gathered into one call at most.")
+    serve.add_argument("--max_body_bytes", type=int, default=1_000_000)
+    serve.add_argument("--max_texts", type=int, default=256, help="Texts one request may hold.")
+    serve.add_argument("--max_text_chars", type=int, default=100_000, help="Characters one text may hold.")
     return parser
 
 
@@ -234,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
         from hf_spam.bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] == ["loadtest"]:
+        from hf_spam.loadtest import main as loadtest_main
+
+        return loadtest_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stderr)
     if args.command == "data":
@@ -242,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         return push_command(args)
     if args.command == "export":
         return export_command(args)
+    if args.command == "serve":
+        return serve_command(args)
     return predict_command(args)
 
 

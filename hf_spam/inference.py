@@ -154,21 +154,26 @@ def labelled(probabilities, config, threshold: float | None = None) -> Callable[
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold: a spam probability in [0, 1], got {threshold!r}")
 
+    def decide(p: np.ndarray) -> np.ndarray:
+        """The label id of each probability row."""
+        if threshold is None:
+            return p.argmax(-1)
+        return np.where(p[:, spam] >= np.float32(threshold), spam, 1 - spam)
+
     def predict(texts: list[str]) -> list[dict]:
         p = probabilities(texts)
         if not len(p):
             return []
-        if threshold is None:
-            labels = p.argmax(-1)
-        else:
-            labels = np.where(p[:, spam] >= np.float32(threshold), spam, 1 - spam)
+        labels = decide(p)
         scores = p[np.arange(len(p)), labels]
         return [
             {"label": config.id2label[int(label)], "score": float(score)}
             for label, score in zip(labels, scores, strict=True)
         ]
 
-    predict.probabilities = probabilities  # the rows behind the answers, for comparisons (`hf_spam.export`)
+    # The rows behind the answers and the rule that reads them: for comparisons (`hf_spam.export`) and for
+    # answers with every label's score (`hf_spam.serve`).
+    predict.probabilities, predict.decide, predict.config, predict.threshold = probabilities, decide, config, threshold
     return predict
 
 

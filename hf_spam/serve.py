@@ -1,0 +1,293 @@
+"""`hf-spam serve --model DIR`: an HTTP API in the shape of Hugging Face's Inference API, micro-batched.
+
+    hf-spam serve --model outputs/smollm2-135m --port 8000 [--backend onnxruntime --dtype int8]
+
+    from huggingface_hub import InferenceClient
+    InferenceClient(base_url="http://127.0.0.1:8000").text_classification("WINNER!! Claim your prize")
+    # [TextClassificationOutputElement(label='spam', score=0.99...), TextClassificationOutputElement(label='ham', ...)]
+
+`POST /` and `POST /predict` take `{"inputs": "text" | ["text", ...], "parameters": {"top_k": k}}` and answer
+one list per input of `{"label", "score"}`, the decided label first (the argmax, or the model's saved
+`spam_threshold`, as `hf-spam predict`), then the others by score. `GET /health`, `GET /info`, and `GET /` a
+page to try it. Requests that arrive together (within `batch_wait_ms`, up to `max_batch_texts` texts) are
+classified in one call of the same function `hf-spam predict` uses: each distinct text once, in batches of
+similar length, so every answer equals predict's.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the `Request` annotation of handlers made inside
+# create_app at run time, where a string could not be resolved (fastapi is imported there, as an extra).
+import asyncio
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+PAGE = resources.files("hf_spam") / "templates" / "serve.html"
+
+
+@dataclass
+class Limits:
+    """What one request may hold; beyond it the answer is 413 (too large) or 422 (bad field)."""
+
+    max_body_bytes: int = 1_000_000
+    max_texts: int = 256
+    max_text_chars: int = 100_000
+
+
+class RequestError(ValueError):
+    """A request that cannot be answered: the HTTP status and a message naming the field."""
+
+    def __init__(self, status: int, message: str, field: str | None = None):
+        super().__init__(message)
+        self.status, self.field = status, field
+
+
+def parse_request(body: bytes, limits: Limits) -> tuple[list[str], bool, int | None]:
+    """The texts of a body, whether `inputs` was a single string, and `parameters.top_k`."""
+    if len(body) > limits.max_body_bytes:
+        raise RequestError(413, f"the body is {len(body):,} bytes; at most {limits.max_body_bytes:,}")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RequestError(400, f"the body is not UTF-8 (byte {err.start})") from None
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise RequestError(400, f"the body is not JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+    if not isinstance(payload, dict):
+        raise RequestError(422, f"the body must be a JSON object with inputs, got {type(payload).__name__}")
+    unknown = sorted(set(payload) - {"inputs", "parameters", "options"})
+    if unknown:
+        raise RequestError(422, f"unknown field {unknown[0]!r}; expected inputs and parameters", unknown[0])
+    if "inputs" not in payload:
+        raise RequestError(422, "missing field inputs: a text or a list of texts", "inputs")
+    inputs, single = payload["inputs"], isinstance(payload["inputs"], str)
+    texts = [inputs] if single else inputs
+    if not isinstance(texts, list) or not texts:
+        got = "an empty list" if texts == [] else type(inputs).__name__
+        raise RequestError(422, f"inputs: expected a text or a non-empty list of texts, got {got}", "inputs")
+    if len(texts) > limits.max_texts:
+        raise RequestError(413, f"inputs: {len(texts):,} texts; at most {limits.max_texts:,} a request", "inputs")
+    for i, item in enumerate(texts):
+        where = "inputs" if single else f"inputs[{i}]"
+        if not isinstance(item, str):
+            raise RequestError(422, f"{where}: expected a text, got {type(item).__name__}", where)
+        if not item.strip():
+            raise RequestError(422, f"{where}: empty text", where)
+        if len(item) > limits.max_text_chars:
+            raise RequestError(413, f"{where}: {len(item):,} characters; at most {limits.max_text_chars:,}", where)
+    parameters = payload.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise RequestError(422, f"parameters: expected an object, got {type(parameters).__name__}", "parameters")
+    top_k = parameters.get("top_k")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+        raise RequestError(422, f"parameters.top_k: expected a positive integer, got {top_k!r}", "parameters.top_k")
+    function = parameters.get("function_to_apply")
+    if function not in (None, "softmax"):
+        raise RequestError(
+            422, f"parameters.function_to_apply: this model's scores are softmax, got {function!r}",
+            "parameters.function_to_apply",
+        )  # fmt: skip
+    for name in sorted(set(parameters) - {"top_k", "function_to_apply"}):
+        raise RequestError(422, f"unknown parameter {name!r}; expected top_k", f"parameters.{name}")
+    return texts, single, top_k
+
+
+class MicroBatcher:
+    """Gathers the texts of concurrent requests and classifies them in one call, on one worker thread.
+
+    `batch_wait_ms=0` with `max_batch_texts=0` turns gathering off: one call per request, the baseline the load
+    test compares with.
+    """
+
+    def __init__(self, predict, batch_wait_ms: float = 5.0, max_batch_texts: int = 256):
+        self.predict = predict
+        self.wait = batch_wait_ms / 1000
+        self.max_texts = max_batch_texts
+        self.queue: asyncio.Queue | None = None
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-spam-model")
+        self.task: asyncio.Task | None = None
+        self.batches = 0
+
+    def start(self) -> None:
+        self.queue = asyncio.Queue()
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        self.executor.shutdown(wait=True)
+
+    async def classify(self, texts: list[str]) -> np.ndarray:
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((texts, future))
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            size = len(batch[0][0])
+            deadline = loop.time() + self.wait
+            while size < self.max_texts:
+                timeout = deadline - loop.time()
+                try:
+                    item = (
+                        self.queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(self.queue.get(), timeout)
+                    )
+                except (asyncio.QueueEmpty, TimeoutError):
+                    break
+                batch.append(item)
+                size += len(item[0])
+            texts = [text for item, _ in batch for text in item]
+            try:
+                probabilities = await loop.run_in_executor(self.executor, self.predict.probabilities, texts)
+            except Exception as err:  # every waiting request gets the failure; the loop goes on serving
+                logger.exception("classifying a batch of %d texts failed", len(texts))
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(err)
+                continue
+            self.batches += 1
+            start = 0
+            for item, future in batch:
+                if not future.done():
+                    future.set_result(probabilities[start : start + len(item)])
+                start += len(item)
+
+
+def answers(predict, probabilities: np.ndarray, top_k: int | None) -> list[list[dict]]:
+    """One list per text: the decided label first (its score as `hf-spam predict` gives it), then the rest by
+    score, at most `top_k`."""
+    id2label = predict.config.id2label
+    decided = predict.decide(probabilities)
+    result = []
+    for row, label in zip(probabilities, decided, strict=True):
+        order = [int(label)] + [int(i) for i in np.argsort(-row, kind="stable") if i != label]
+        result.append([{"label": id2label[i], "score": float(row[i])} for i in order[:top_k]])
+    return result
+
+
+def create_app(
+    model_dir: str,
+    backend: str = "torch",
+    dtype: str = "float32",
+    batch_size: int = 64,
+    batch_wait_ms: float = 5.0,
+    max_batch_texts: int = 256,
+    limits: Limits | None = None,
+    predict=None,
+):
+    """The FastAPI application; `predict` (a `load_classifier` function) is loaded from `model_dir` if not given."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import HTMLResponse, JSONResponse
+
+    from hf_spam.inference import load_classifier
+
+    limits = limits or Limits()
+    if predict is None:
+        predict = load_classifier(model_dir, batch_size=batch_size, dtype=dtype, backend=backend, device="cpu")
+    batcher = MicroBatcher(predict, batch_wait_ms, max_batch_texts)
+    info = model_info(model_dir, predict, backend, dtype, batch_wait_ms, max_batch_texts, limits)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="hf_spam", version=info["hf_spam_version"], lifespan=lifespan)
+    app.state.batcher = batcher
+
+    async def classify(request: Request):
+        try:
+            texts, single, top_k = parse_request(await _body(request, limits), limits)
+        except RequestError as err:
+            return JSONResponse({"error": str(err), "field": err.field}, status_code=err.status)
+        try:
+            probabilities = await batcher.classify(texts)
+        except Exception as err:
+            return JSONResponse({"error": f"the model failed on this request: {type(err).__name__}: {err}"}, 500)
+        return answers(predict, probabilities, top_k)
+
+    app.post("/")(classify)
+    app.post("/predict")(classify)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/info")
+    async def get_info():
+        return info
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return PAGE.read_text(encoding="utf-8")
+
+    return app
+
+
+async def _body(request, limits: Limits) -> bytes:
+    """The body, read no further than the limit allows (a huge upload is refused, not buffered)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
+        raise RequestError(413, f"the body is {int(declared):,} bytes; at most {limits.max_body_bytes:,}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limits.max_body_bytes:
+            raise RequestError(413, f"the body is over {limits.max_body_bytes:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def model_info(model_dir, predict, backend, dtype, batch_wait_ms, max_batch_texts, limits) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        hf_spam_version = version("hf_spam")
+    except PackageNotFoundError:
+        hf_spam_version = "unknown"
+    summary_path = Path(model_dir) / "metrics.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    config = predict.config
+    return {
+        "model": str(model_dir),
+        "base_model": summary.get("base_model", {}).get("name"),
+        "architecture": (config.architectures or [None])[0],
+        "labels": [config.id2label[i] for i in sorted(config.id2label)],
+        "threshold": predict.threshold,
+        "backend": backend,
+        "dtype": dtype,
+        "micro_batching": {"batch_wait_ms": batch_wait_ms, "max_batch_texts": max_batch_texts},
+        "limits": limits.__dict__,
+        "hf_spam_version": hf_spam_version,
+    }
+
+
+def serve(args) -> int:
+    """`hf-spam serve`: uvicorn on `args.host:args.port`; SIGTERM or Ctrl-C finish the requests in flight."""
+    import uvicorn
+
+    app = create_app(
+        args.model,
+        backend=args.backend,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        batch_wait_ms=args.batch_wait_ms,
+        max_batch_texts=args.max_batch_texts,
+        limits=Limits(args.max_body_bytes, args.max_texts, args.max_text_chars),
+    )
+    logger.info("Serving %s on http://%s:%d (backend %s)", args.model, args.host, args.port, args.backend)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30)
+    uvicorn.Server(config).run()
+    return 0

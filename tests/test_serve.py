@@ -1,0 +1,255 @@
+"""`hf-spam serve`: the Inference API's shape (through the real huggingface_hub client), micro-batching that
+answers as predict does, every bad request a 4xx naming the field, a failing model a 500 that the server
+survives, SIGTERM finishing what is in flight, and the page driven in a real headless Chromium."""
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+
+from hf_spam.inference import load_classifier  # noqa: E402
+from hf_spam.serve import Limits, create_app  # noqa: E402
+
+from .conftest import ROOT  # noqa: E402
+
+MESSAGES = [
+    "WINNER!! You have been selected to receive a $1000 prize. Call 09061701461 now",
+    "Are we still on for dinner tonight? Let me know",
+    "ok",
+    "Free entry in 2 a wkly comp to win FA Cup final tkts " * 4,
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A real uvicorn server on loopback, in a thread of this process."""
+
+    def __init__(self, app):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+
+
+def post(url: str, body: bytes, content_type: str = "application/json") -> tuple[int, object]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.fixture
+def saved(tmp_path, tiny_model, tokenizer):
+    tiny_model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    return str(tmp_path / "model")
+
+
+@pytest.fixture
+def server(saved):
+    app = create_app(saved, limits=Limits(max_body_bytes=20_000, max_texts=8, max_text_chars=5_000))
+    with Server(app) as running:
+        running.app = app
+        yield running
+
+
+def test_the_huggingface_hub_client_works_unchanged_and_answers_as_predict(server, saved, monkeypatch):
+    from huggingface_hub import InferenceClient, constants
+
+    # HF_HUB_OFFLINE (set for every test) blocks all of the client's requests, loopback too.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+    expected = load_classifier(saved)(MESSAGES)
+    client = InferenceClient(base_url=server.url)
+    for message, answer in zip(MESSAGES, expected, strict=True):
+        got = client.text_classification(message)
+        assert [g.label for g in got][0] == answer["label"]
+        assert got[0].score == pytest.approx(answer["score"], abs=1e-6)
+        assert {g.label for g in got} == {"ham", "spam"} and got[0].score + got[1].score == pytest.approx(1.0)
+        assert len(client.text_classification(message, top_k=1)) == 1
+    status, body = post(server.url + "/predict", json.dumps({"inputs": MESSAGES}).encode())
+    assert status == 200 and [b[0]["label"] for b in body] == [a["label"] for a in expected]
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answers(server, saved):
+    expected = load_classifier(saved)(MESSAGES)
+    batcher = server.app.state.batcher
+    before = batcher.batches
+
+    def ask(i):
+        texts = [MESSAGES[i % 4], MESSAGES[(i + 1) % 4]]
+        return i, post(server.url + "/", json.dumps({"inputs": texts}).encode())
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(ask, range(48)))
+    for i, (status, body) in results:
+        assert status == 200
+        assert [b[0]["label"] for b in body] == [expected[i % 4]["label"], expected[(i + 1) % 4]["label"]]
+        assert body[0][0]["score"] == pytest.approx(expected[i % 4]["score"], abs=1e-6)
+    assert batcher.batches - before < 48  # requests were gathered: fewer model calls than requests
+
+
+@pytest.mark.parametrize(
+    "body, status, field, message",
+    [
+        (b"{not json", 400, None, "not JSON"),
+        (b'{"inputs": "caf\xe9"}', 400, None, "not UTF-8 (byte 15)"),
+        (b"[1, 2]", 422, None, "JSON object"),
+        (b'{"text": "hi"}', 422, "text", "unknown field 'text'"),
+        (b'{"parameters": {}}', 422, "inputs", "missing field inputs"),
+        (b'{"inputs": 42}', 422, "inputs", "got int"),
+        (b'{"inputs": []}', 422, "inputs", "got an empty list"),
+        (b'{"inputs": ["ok", "  "]}', 422, "inputs[1]", "empty text"),
+        (b'{"inputs": ["ok", null]}', 422, "inputs[1]", "got NoneType"),
+        (json.dumps({"inputs": ["ok"] * 9}).encode(), 413, "inputs", "at most 8"),
+        (json.dumps({"inputs": "x" * 5001}).encode(), 413, "inputs", "at most 5,000"),
+        (json.dumps({"inputs": ["x " * 2000] * 6}).encode(), 413, None, "at most 20,000"),
+        (b'{"inputs": "hi", "parameters": {"top_k": 0}}', 422, "parameters.top_k", "positive integer"),
+        (b'{"inputs": "hi", "parameters": {"temperature": 1}}', 422, "parameters.temperature", "unknown parameter"),
+        (b'{"inputs": "hi", "parameters": {"function_to_apply": "sigmoid"}}', 422, "parameters.function_to_apply", "softmax"),
+    ],
+)  # fmt: skip
+def test_bad_requests_get_a_4xx_naming_the_field(server, body, status, field, message):
+    got_status, got = post(server.url + "/predict", body)
+    assert got_status == status and message in got["error"] and got.get("field") == field
+
+
+def test_a_failure_inside_the_model_is_a_500_and_the_server_keeps_serving(saved):
+    predict = load_classifier(saved)
+    probabilities = predict.probabilities
+
+    def fragile(texts):
+        if "boom" in texts:
+            raise RuntimeError("out of memory (simulated)")
+        return probabilities(texts)
+
+    predict.probabilities = fragile
+    with Server(create_app(saved, predict=predict, batch_wait_ms=0, max_batch_texts=0)) as server:
+        status, body = post(server.url + "/predict", b'{"inputs": "boom"}')
+        assert status == 500 and "out of memory (simulated)" in body["error"]
+        status, body = post(server.url + "/predict", b'{"inputs": "ok"}')
+        assert status == 200 and body[0][0]["label"] in {"ham", "spam"}
+
+
+def test_health_and_info(server, saved):
+    with urllib.request.urlopen(server.url + "/health") as response:
+        assert json.loads(response.read()) == {"status": "ok"}
+    with urllib.request.urlopen(server.url + "/info") as response:
+        info = json.loads(response.read())
+    assert info["labels"] == ["ham", "spam"] and info["backend"] == "torch" and info["model"] == saved
+    assert info["threshold"] is None and info["limits"]["max_texts"] == 8
+
+
+def test_sigterm_finishes_the_request_in_flight_then_exits(saved):
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.serve_worker", saved, str(port)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and process.poll() is None, "the server did not start"
+                time.sleep(0.1)
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(post, url + "/predict", b'{"inputs": "see you at lunch"}')
+            assert any(line.strip() == "batch started" for line in process.stdout)  # the model call is under way
+            process.send_signal(signal.SIGTERM)
+            status, body = answer.result(timeout=30)
+        assert status == 200 and body[0][0]["label"] in {"ham", "spam"}
+        # uvicorn shuts down cleanly, then re-raises the signal: the status of a process ended by SIGTERM.
+        assert process.wait(timeout=30) == -signal.SIGTERM
+    finally:
+        process.kill()
+
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver (.ci/run installs them)"
+)
+def test_the_page_in_a_real_headless_browser(server, saved):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={Path(saved).parent / 'chromium-profile'}"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        driver.get(server.url + "/")
+        expected = load_classifier(saved)(MESSAGES[:2])
+        for message, answer in zip(MESSAGES[:2], expected, strict=True):
+            box = driver.find_element(By.ID, "text")
+            box.clear()
+            box.send_keys(message)
+            driver.find_element(By.ID, "classify").click()
+            label = WebDriverWait(driver, 20).until(
+                lambda d: d.find_element(By.ID, "label") if d.find_element(By.ID, "result").text != "..." else None
+            )
+            WebDriverWait(driver, 20).until(
+                expected_conditions.text_to_be_present_in_element((By.ID, "history"), message[:20])
+            )
+            assert label.text == answer["label"]
+            assert driver.find_element(By.ID, "score").text.strip() == f"{answer['score']:.3f}"
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#history li")) == 2
+    finally:
+        driver.quit()
+
+
+@pytest.mark.slow
+def test_the_load_test_stops_by_itself_and_reports_both_servers(saved, tmp_path):
+    from hf_spam.loadtest import main as loadtest_main
+
+    out = tmp_path / "load.json"
+    assert loadtest_main(["--model", saved, "--clients", "4", "--seconds", "3", "--max_requests", "200",
+                          "--output", str(out)]) == 0  # fmt: skip
+    report = json.loads(out.read_text())
+    for name, result in report["setups"].items():
+        assert 0 < result["requests"] <= 200 and result["errors"] == 0, name
+        assert result["latency_ms"]["p50"] <= result["latency_ms"]["p95"] <= result["latency_ms"]["p99"]
+        assert result["server_peak_rss_mb"] > 0 and result["server_exit_code"] == -signal.SIGTERM  # a clean stop
