@@ -126,8 +126,7 @@ def batched(forward, tokenizer, max_length: int, batch_size: int, tensors: str):
         input_ids = tokenizer(distinct, truncation=True, max_length=max_length)["input_ids"]
         order = sorted(range(len(distinct)), key=lambda i: len(input_ids[i]))
         rows: list[np.ndarray | None] = [None] * len(distinct)
-        for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
+        for index in _length_batches(order, [len(ids) for ids in input_ids], batch_size):
             batch = tokenizer.pad(
                 {"input_ids": [input_ids[i] for i in index]}, padding_side="right", return_tensors=tensors
             )
@@ -137,6 +136,23 @@ def batched(forward, tokenizer, max_length: int, batch_size: int, tensors: str):
         return np.stack([rows[position[text]] for text in texts]) if texts else np.zeros((0, 0), np.float32)
 
     return probabilities
+
+
+def _length_batches(order: list[int], lengths: list[int], batch_size: int, slack: float = 0.25):
+    """Consecutive runs of `order` (ascending length) of at most `batch_size`, cut early where padding to the
+    run's longest text would add more than `slack` of its real tokens (plus a few): a few dozen texts of mixed
+    lengths, as a server gathers them, then go as several batches instead of one padded to the longest."""
+    batch: list[int] = []
+    tokens = 0
+    for i in order:
+        n = lengths[i]
+        if batch and (len(batch) == batch_size or n * (len(batch) + 1) > (1 + slack) * (tokens + n) + 16):
+            yield batch
+            batch, tokens = [], 0
+        batch.append(i)
+        tokens += n
+    if batch:
+        yield batch
 
 
 def labelled(probabilities, config, threshold: float | None = None) -> Callable[[list[str]], list[dict]]:
