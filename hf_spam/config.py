@@ -216,6 +216,16 @@ class SpamTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        # Values the optimizer or the data loader would only refuse later, with a traceback of their own.
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must not be negative, got {self.weight_decay}")
+        if self.max_steps <= 0 and not self.num_train_epochs > 0:
+            raise ValueError(f"num_train_epochs must be positive (or set max_steps), got {self.num_train_epochs}")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         super().__post_init__()
         if self.max_fpr is not None and not 0.0 <= self.max_fpr < 1.0:
             raise ValueError(f"max_fpr must be a fraction in [0, 1), got {self.max_fpr}")
@@ -247,8 +257,15 @@ def load_yaml(path: Path) -> dict:
     """Read a config file whose keys must all be fields of the argument dataclasses."""
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    with open(path, encoding="utf-8") as f:
-        values = yaml.safe_load(f) or {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML: {getattr(err, 'problem', None) or err}") from None
+    except (UnicodeDecodeError, OSError) as err:
+        raise ConfigError(f"{path}: cannot be read as a YAML config: {err}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of field names to values, got {type(values).__name__}")
     known = {f.name for cls in ALL_ARGUMENTS for f in dataclasses.fields(cls)}

@@ -53,6 +53,10 @@ class DataIntegrityError(ValueError):
     """Downloaded bytes that are not the SMS Spam Collection we expect."""
 
 
+class SplitError(ValueError):
+    """Data that cannot make the splits a classifier needs (one label only, a split without a label)."""
+
+
 class DownloadError(OSError):
     """Every download source failed (network errors, HTTP errors, timeouts, short transfers)."""
 
@@ -484,6 +488,10 @@ def prepare_splits(
         report.conflicting_duplicates = conflicts
     texts, labels = given["train"]
     label_array = np.asarray(labels)
+    present = sorted({int(label) for label in labels})
+    if len(present) < 2:
+        only = ", ".join(report.classes[i] for i in present) or "none"
+        raise SplitError(f"{report.path}: every message has the same label ({only}); a classifier needs two labels")
     keep = balance_indices(label_array, balance, seed)
     left_out = np.setdiff1d(np.arange(len(label_array)), keep)
     classes = report.classes
@@ -506,8 +514,14 @@ def prepare_splits(
         report.splits[name] = len(split_texts)
         report.split_labels[name] = {n: int((split_labels == i).sum()) for i, n in enumerate(classes)}
     for name in ("validation", "test"):
-        if report.split_labels.get(name) and min(report.split_labels[name].values()) == 0:
-            logger.warning("The %s split holds one label only: %s", name, report.split_labels[name])
+        counts = report.split_labels.get(name, {})
+        missing = [label for label, count in counts.items() if count == 0]
+        if missing:
+            # Its metrics would be undefined or misleading (and an empty split ends in a datasets traceback).
+            raise SplitError(
+                f"the {name} split holds no {', '.join(missing)} messages ({counts}): give more data, a "
+                f"larger share in split_ratios, or a {name}_file with every label"
+            )
     if keep_held_out:
         splits["held_out"] = held_out
     return splits

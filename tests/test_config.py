@@ -69,3 +69,37 @@ def test_max_fpr_outside_0_1_is_a_config_error(value):
 
     with pytest.raises(ConfigError, match="max_fpr must be a fraction"):
         parse_args(["--max_fpr", value])
+
+
+def test_a_config_that_is_not_yaml_names_the_file_line_and_column(tmp_path):
+    from hf_spam.config import ConfigError
+
+    path = _write(tmp_path, "learning_rate: 5e-5\ntrainable: [last_block\n")
+    with pytest.raises(ConfigError, match=r"config.yaml:3:1: not valid YAML"):
+        parse_args(["--config", path])
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--learning_rate", "-1"], "learning_rate must be a positive number"),
+        (["--learning_rate", "0"], "learning_rate must be a positive number"),
+        (["--num_train_epochs", "0"], "num_train_epochs must be positive"),
+        (["--per_device_train_batch_size", "0"], "per_device_train_batch_size must be at least 1"),
+        (["--gradient_accumulation_steps", "0"], "gradient_accumulation_steps must be at least 1"),
+        (["--weight_decay", "-0.1"], "weight_decay must not be negative"),
+    ],
+)
+def test_out_of_range_training_values_are_one_config_error(flags, message):
+    from hf_spam.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        parse_args(flags)
+
+
+def test_train_turns_them_into_one_line_and_exit_code_2(tmp_path, caplog):
+    from hf_spam.train import run
+
+    assert run(["--learning_rate", "-1", "--output_dir", str(tmp_path / "out")]) == 2
+    assert "learning_rate must be a positive number" in caplog.text
+    assert not (tmp_path / "out").exists()

@@ -269,3 +269,16 @@ def test_held_out_is_every_distinct_message_balancing_left_out(canonical_file):
     assert len(used) + len(set(held_out["text"])) == 5574 - 403  # every distinct message, once
     assert report.spam_rate == 653 / 5171
     assert "held_out" not in load_sms_spam(data_file=str(canonical_file))[0]
+
+
+def test_data_of_one_label_or_a_split_without_one_is_a_clear_error(tmp_path):
+    from hf_spam.data import SplitError
+
+    one = tmp_path / "all_ham.txt"
+    one.write_text("".join(f"ham\tmessage number {i}\n" for i in range(50)))
+    with pytest.raises(SplitError, match="every message has the same label \\(ham\\)"):
+        load_sms_spam(data_file=str(one))
+    few = tmp_path / "few.txt"
+    few.write_text("".join(f"{'spam' if i < 3 else 'ham'}\tmessage number {i}\n" for i in range(40)))
+    with pytest.raises(SplitError, match="the validation split holds no spam messages"):
+        load_sms_spam(data_file=str(few), balance="none", split_ratios=(0.9, 0.05, 0.05))

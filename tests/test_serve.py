@@ -253,3 +253,21 @@ def test_the_load_test_stops_by_itself_and_reports_both_servers(saved, tmp_path)
         assert 0 < result["requests"] <= 200 and result["errors"] == 0, name
         assert result["latency_ms"]["p50"] <= result["latency_ms"]["p95"] <= result["latency_ms"]["p99"]
         assert result["server_peak_rss_mb"] > 0 and result["server_exit_code"] == -signal.SIGTERM  # a clean stop
+
+
+def test_the_onnxruntime_backend_serves_the_exported_graph(saved, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from hf_spam.export import export
+
+    test_file = tmp_path / "check.csv"
+    test_file.write_text(
+        "text,label\n" + "".join(f'"{m}",{"spam" if i % 2 == 0 else "ham"}\n' for i, m in enumerate(MESSAGES))
+    )
+    export(saved, test_file=str(test_file))
+    expected = load_classifier(saved)(MESSAGES)
+    with Server(create_app(saved, backend="onnxruntime")) as server:
+        status, body = post(server.url + "/predict", json.dumps({"inputs": MESSAGES}).encode())
+        with urllib.request.urlopen(server.url + "/info") as response:
+            assert json.loads(response.read())["backend"] == "onnxruntime"
+    assert status == 200 and [b[0]["label"] for b in body] == [e["label"] for e in expected]
+    assert [b[0]["score"] for b in body] == pytest.approx([e["score"] for e in expected], abs=1e-5)
