@@ -156,7 +156,7 @@ def prediction_backends(model_dir: str, n_messages: int | None = None) -> dict:
     collection (or its first `n_messages`), label agreement with torch float32 there, and accuracy on the
     model's test split.
     """
-    from transformers import pipeline
+    from transformers import AutoConfig, pipeline
 
     from hf_spam.data import bundled_data_file
     from hf_spam.export import export, verification_split
@@ -167,8 +167,6 @@ def prediction_backends(model_dir: str, n_messages: int | None = None) -> dict:
     texts = texts[:n_messages] if n_messages else texts
     print("[bench] export to ONNX (float32, int8) ...", file=sys.stderr, flush=True)
     verification = export(model_dir, quantize="int8")
-    from transformers import AutoConfig
-
     config = AutoConfig.from_pretrained(model_dir)
     test_texts, test_labels, _ = verification_split(model_dir, config, None)
     max_length = model_context(config)

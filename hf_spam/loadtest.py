@@ -28,14 +28,15 @@ from pathlib import Path
 SETUPS = {"micro_batched": [], "one_call_per_request": ["--batch_wait_ms", "0", "--max_batch_texts", "0"]}
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 def start_server(model_dir: str, extra: list[str], backend: str, dtype: str) -> tuple[subprocess.Popen, int]:
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "hf_spam.cli", "serve", "--model", model_dir, "--port", str(port)]
     process = subprocess.Popen(
         [*command, "--backend", backend, "--dtype", dtype, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE

@@ -5,7 +5,6 @@ survives, SIGTERM finishing what is in flight, and the page driven in a real hea
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 
 from hf_spam.inference import load_classifier  # noqa: E402
+from hf_spam.loadtest import free_port  # noqa: E402
 from hf_spam.serve import Limits, create_app  # noqa: E402
 
 from .conftest import ROOT  # noqa: E402
@@ -31,12 +31,6 @@ MESSAGES = [
     "ok",
     "Free entry in 2 a wkly comp to win FA Cup final tkts " * 4,
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
