@@ -24,7 +24,9 @@ from transformers.trainer_pt_utils import safe_globals
 logger = logging.getLogger(__name__)
 
 # Every file Trainer.train(resume_from_checkpoint=...) reads back for an exact resume on one process.
-REQUIRED_FILES = ("config.json", "model.safetensors", "trainer_state.json", "optimizer.pt", "scheduler.pt")
+REQUIRED_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+# The model: a whole classifier, or (`trainable: lora`) peft's adapter with the trained head.
+MODEL_FILES = {"model.safetensors": "config.json", "adapter_model.safetensors": "adapter_config.json"}
 RNG_FILES = ("rng_state.pth", "rng_state_0.pth")
 PICKLED_FILES = ("optimizer.pt", "scheduler.pt", *RNG_FILES)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -43,7 +45,8 @@ def check_checkpoint(path: str | Path) -> None:
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a directory")
-    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
+    weights = next((name for name in MODEL_FILES if (path / name).is_file()), "model.safetensors")
+    missing = [name for name in (MODEL_FILES[weights], weights, *REQUIRED_FILES) if not (path / name).is_file()]
     if not any((path / name).is_file() for name in RNG_FILES):
         missing.append("rng_state.pth")
     if missing:
@@ -60,11 +63,11 @@ def check_checkpoint(path: str | Path) -> None:
         raise CheckpointError(f"{path}/trainer_state.json says step {step}, the directory says otherwise")
     try:
         # Reading every tensor proves the file is whole: a truncated safetensors file fails here.
-        with safe_open(path / "model.safetensors", framework="pt") as f:
+        with safe_open(path / weights, framework="pt") as f:
             for key in f.keys():
                 f.get_tensor(key)
     except Exception as err:  # safetensors raises its own SafetensorError, or OSError
-        raise CheckpointError(f"{path}/model.safetensors does not load ({err})") from err
+        raise CheckpointError(f"{path}/{weights} does not load ({err})") from err
     for name in PICKLED_FILES:
         if (path / name).is_file():
             _check_pickle(path / name)

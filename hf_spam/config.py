@@ -61,8 +61,41 @@ class ModelArguments:
         default="last_block",
         metadata={
             "help": "Which parameters train, by role in any decoder: last_block (the last decoder layer + the final "
-            "norm + the head, the book), last_layer (head only), last_two_blocks, all.",
-            "choices": ["last_block", "last_layer", "last_two_blocks", "all"],
+            "norm + the head, the book), last_layer (head only), last_two_blocks, all; lora (LoRA adapters via "
+            "peft on lora_target_modules, plus the whole head; the saved model has them merged in).",
+            "choices": ["last_block", "last_layer", "last_two_blocks", "all", "lora"],
+        },
+    )
+    lora_r: int = field(default=16, metadata={"help": "trainable: lora: the adapters' rank (the book: 16)."})
+    lora_alpha: float = field(
+        default=16.0, metadata={"help": "trainable: lora: the adapters' scale numerator, alpha / r (the book: 16)."}
+    )
+    lora_dropout: float = field(default=0.0, metadata={"help": "trainable: lora: dropout on the adapters' input."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["all-linear"],
+        metadata={
+            "help": "trainable: lora: the layers that get adapters, by name suffix (e.g. q_proj v_proj, or GPT-2's "
+            "c_attn), or all-linear: every linear layer of the decoder (the book's choice, any architecture)."
+        },
+    )
+    save_adapter: bool = field(
+        default=False,
+        metadata={"help": "trainable: lora: also keep the adapter (peft's files) in OUTPUT_DIR/adapter."},
+    )
+    pooling: str = field(
+        default="last",
+        metadata={
+            "help": "Where a message's logits are read: last (the last real token, the book; what a plain "
+            "pipeline() reads), first, mean (over real tokens), last_mean (the average of last and mean). Saved "
+            "with the model; hf-spam predict/export/serve follow it, a plain pipeline() reads last only.",
+            "choices": ["last", "first", "mean", "last_mean"],
+        },
+    )
+    causal_mask: bool = field(
+        default=True,
+        metadata={
+            "help": "False: every token attends to the whole message (the book's 'no causal mask' experiment; "
+            "config is_causal, which Transformers and pipeline() follow). Turns the frozen-trunk cache off."
         },
     )
     dropout: float = field(
@@ -73,6 +106,16 @@ class ModelArguments:
         metadata={"help": "Config overrides, e.g. 'n_layer=2,n_head=2,n_embd=64' for a small random GPT-2."},
     )
     model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit)."})
+
+    def __post_init__(self):
+        if self.lora_r < 1:
+            raise ValueError(f"lora_r must be at least 1, got {self.lora_r}")
+        if not self.lora_alpha > 0:
+            raise ValueError(f"lora_alpha must be positive, got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
 @dataclass

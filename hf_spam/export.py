@@ -6,8 +6,8 @@
 
 The files sit in `MODEL_DIR/onnx/`, where Transformers.js and optimum look for them. The graph takes
 `input_ids` and `attention_mask` (int64, dynamic batch and length, right-padded) and returns `logits`
-`[batch, labels]` at the last real token of each row, found from the attention mask, for every decoder
-hf_spam trains. Before anything replaces `onnx/`, the float32 graph must give the torch model's scores on the
+`[batch, labels]` at the last real token of each row, found from the attention mask (or pooled as the model's
+`pooling` says), for every decoder hf_spam trains. Before anything replaces `onnx/`, the float32 graph must give the torch model's scores on the
 test split (max difference 1e-4, equal labels), and int8 must stay within `max_accuracy_drop` points of
 float32's test accuracy; `onnx/verification.json` keeps the figures. A failed check leaves `MODEL_DIR` as it was.
 """
@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from hf_spam.pooling import pool_padded, pooling_of
+
 logger = logging.getLogger(__name__)
 
 ONNX_FILES = {"float32": "model.onnx", "int8": "model_quantized.onnx"}
@@ -45,15 +47,19 @@ class OnnxMissingError(RuntimeError):
     """The optional onnx packages are not installed."""
 
 
-class LastTokenLogits(nn.Module):
-    """The classifier as ONNX sees it: keyword inputs, no cache, the head applied at the last real token."""
+class PooledLogits(nn.Module):
+    """The classifier as ONNX sees it: keyword inputs, no cache, the head applied at the last real token (or
+    pooled over the positions the model's `pooling` names)."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
+        self.pooling = pooling_of(model.config)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
+        if self.pooling != "last":
+            return pool_padded(self.model.score(hidden), attention_mask, self.pooling)
         last = attention_mask.sum(-1) - 1
         return self.model.score(hidden[torch.arange(hidden.shape[0]), last])
 
@@ -146,7 +152,7 @@ def export(
 
 
 def export_graph(model, tokenizer, path: Path, opset: int = 18) -> None:
-    """`torch.onnx.export` (the dynamo exporter) of `LastTokenLogits(model)` with dynamic batch and length."""
+    """`torch.onnx.export` (the dynamo exporter) of `PooledLogits(model)` with dynamic batch and length."""
     model.eval()
     # Two rows of different lengths: the example has padding, so no shape is specialized to a single row.
     example = tokenizer(["an example message to trace", "a shorter one"], padding=True, return_tensors="pt")
@@ -156,7 +162,7 @@ def export_graph(model, tokenizer, path: Path, opset: int = 18) -> None:
         # The exporter warns about internals (deprecated helpers, torchvision ops it skips) a user can't act on.
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            LastTokenLogits(model),
+            PooledLogits(model),
             (),
             kwargs={"input_ids": example["input_ids"], "attention_mask": example["attention_mask"]},
             input_names=["input_ids", "attention_mask"],

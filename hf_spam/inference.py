@@ -16,6 +16,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from hf_spam.modeling import check_decoder, check_local_model_dir, is_gpt2, model_context, use_fused_gelu
+from hf_spam.pooling import pool_padded, pooling_of
 from hf_spam.trainer import last_token_index
 from hf_spam.trunk_cache import FrozenTrunkTail, trunk_module
 
@@ -27,13 +28,18 @@ BOOK_EXAMPLES = [
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def last_token_logits(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Logits at the last real token of each right-padded row, `[rows, labels]`.
+def pooled_logits(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Logits at the last real token of each right-padded row (or where the model's `pooling` says), `[rows, labels]`.
 
-    For GPT-2, blocks before the final one run on every token (their outputs are the final block's keys and
-    values); the final block, `ln_f` and `score` run on the last token of each message only. Other decoders
-    run their base model, then `score` at the last real token.
+    For GPT-2 with `pooling: last`, blocks before the final one run on every token (their outputs are the final
+    block's keys and values); the final block, `ln_f` and `score` run on the last token of each message only.
+    Other decoders run their base model, then `score` at the last real token; another pooling scores every
+    token and pools.
     """
+    pooling = pooling_of(model.config)
+    if pooling != "last":
+        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
+        return pool_padded(model.score(hidden), attention_mask, pooling)
     if not is_gpt2(model):
         hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
         rows = torch.arange(hidden.shape[0], device=hidden.device)
@@ -109,7 +115,7 @@ def classifier(
     def forward(batch: dict[str, torch.Tensor]) -> np.ndarray:
         autocast = torch.autocast(model.device.type, dtype=torch_dtype, enabled=torch_dtype != torch.float32)
         with torch.inference_mode(), autocast:
-            logits = last_token_logits(model, **{k: v.to(model.device) for k, v in batch.items()})
+            logits = pooled_logits(model, **{k: v.to(model.device) for k, v in batch.items()})
         return logits.float().softmax(-1).cpu().numpy()
 
     probabilities = batched(forward, tokenizer, model_context(model.config), batch_size, "pt")

@@ -38,6 +38,12 @@ TEMPLATE_PATH = resources.files("hf_spam") / "templates" / "model_card.md"
 DATASET_ID = "ucirvine/sms_spam"
 METRICS = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "f1": "F1"}
 TAGS = ["text-classification", "spam-detection", "sms", "hf_spam"]
+POOLING_WORDS = {
+    "last": "the last real token",
+    "first": "the first token",
+    "mean": "the average over the real tokens",
+    "last_mean": "the average of the last real token and the mean over the real tokens",
+}
 FAMILY_NAMES = {"gpt2": "GPT-2", "llama": "Llama", "gemma3_text": "Gemma 3", "qwen2": "Qwen2", "qwen3": "Qwen3"}
 
 
@@ -72,6 +78,9 @@ class SpamModelCardData:
     # Where pretrained weights came from when they were not a Hub checkpoint: `pretrained.read_source` (the
     # package, its version, the GGUF file, its sha256 and quantization, the license).
     weights_source: dict[str, Any] | None = None
+    pooling: str = "last"
+    causal_mask: bool = True
+    lora: dict[str, Any] | None = None
 
     @classmethod
     def from_run(
@@ -111,8 +120,13 @@ class SpamModelCardData:
             trunk_cache=trunk_cache,
             model_id=training_args.hub_model_id,
             output_dir=training_args.output_dir,
-            architecture=type(model).__name__,
+            architecture=type(getattr(model, "get_base_model", lambda: model)()).__name__,  # a LoRA run's base
             model_type=model.config.model_type,
+            pooling=model_args.pooling,
+            causal_mask=model_args.causal_mask,
+            lora={"r": model_args.lora_r, "alpha": model_args.lora_alpha, "targets": model_args.lora_target_modules}
+            if model_args.trainable == "lora"
+            else None,
             pad_token=tokenizer.pad_token if tokenizer is not None else "<|endoftext|>",
             weights_source=weights_source,
         )
@@ -293,6 +307,7 @@ def render_model_card(data: SpamModelCardData) -> str:
         natural_precision=natural_precision(data),
         model_path=data.model_id or data.output_dir,
         splits=[split for split in ("train", "validation", "test") if split in data.metrics],
+        POOLING_WORDS=POOLING_WORDS,
     )
 
 

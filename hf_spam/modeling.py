@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -22,6 +23,10 @@ from transformers import (
 )
 from transformers.activations import GELUTanh
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+from transformers.pytorch_utils import Conv1D
+
+from hf_spam.pooling import CONFIG_KEY as POOLING_KEY
+from hf_spam.pooling import POOLINGS
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +47,7 @@ SHAPES = {
     "gpt2-large": {"n_layer": 36, "n_head": 20, "n_embd": 1280},
     "gpt2-xl": {"n_layer": 48, "n_head": 25, "n_embd": 1600},
 }
-TRAINABLE_CHOICES = ("last_block", "last_layer", "last_two_blocks", "all")
+TRAINABLE_CHOICES = ("last_block", "last_layer", "last_two_blocks", "all", "lora")
 
 
 class HubUnreachableError(OSError):
@@ -175,9 +180,12 @@ def load_model(
     revision: str = "main",
     torch_dtype: torch.dtype = torch.float32,
     classes: list[str] | None = None,
+    pooling: str = "last",
+    causal_mask: bool = True,
 ) -> PreTrainedModel:
     """A decoder's `*ForSequenceClassification` with a new `score` head, one output per class of `classes`
-    (default ham, spam), labels named for `pipeline()`.
+    (default ham, spam), labels named for `pipeline()`. A `pooling` other than `last` and `causal_mask=False`
+    are written into its config (`hf_spam_pooling`, `is_causal`), so that they are saved with it.
 
     GPT-2 by default; any decoder-only model that `AutoModelForSequenceClassification` supports (Llama,
     Qwen2/3, Gemma 3, Mistral, ...). `init="pretrained"` loads the weights (safetensors only, never remote
@@ -195,8 +203,13 @@ def load_model(
         "pad_token_id": int(tokenizer.pad_token_id),
         # `dropout` sets every rate the family has; a rate named in config_overrides wins.
         **{name: dropout for name in DROPOUT_FIELDS},
+        **({POOLING_KEY: pooling} if pooling != "last" else {}),
+        # Transformers builds a bidirectional mask for a decoder whose config says is_causal: false.
+        **({"is_causal": False} if not causal_mask else {}),
         **overrides,
     }
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if init not in ("pretrained", "random"):
         raise ValueError(f"init must be 'pretrained' or 'random', got {init!r}")
     if init == "random" and model_name_or_path in SHAPES:
@@ -348,6 +361,58 @@ def trainable_modules(model: PreTrainedModel, trainable: str) -> list[nn.Module]
         raise ValueError(f"trainable: {trainable} needs {blocks} layers; the model has {len(parts.layers)}")
     tail = [*parts.layers[len(parts.layers) - blocks :], parts.norm] if blocks else []
     return [*tail, model.score]
+
+
+def add_lora(
+    model: PreTrainedModel,
+    r: int = 16,
+    alpha: float = 16.0,
+    dropout: float = 0.0,
+    target_modules: list[str] | None = None,
+):
+    """`trainable: lora`: peft's LoRA adapters on `target_modules` (default every linear layer of the decoder,
+    as the book does), everything else frozen except the new head, which trains whole and is saved with the
+    adapters (`modules_to_save`). Returns the `PeftModel`; `merge_lora` turns it back into a plain model."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    targets = target_modules or ["all-linear"]
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
+        modules_to_save=["score"],
+        fan_in_fan_out=is_gpt2(model),  # GPT-2's Conv1D layers store their weights transposed
+    )
+    try:
+        with warnings.catch_warnings():  # peft calls a Transformers property deprecated in 5.x; nothing to act on
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            peft_model = get_peft_model(model, config)
+    except ValueError as err:  # peft: "Target modules {...} not found in the base model"
+        linear = (nn.Linear, Conv1D)
+        names = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, linear)})
+        raise LoraTargetError(
+            f"lora_target_modules {' '.join(targets)}: {str(err).splitlines()[0]} (its linear layers: "
+            f"{' '.join(names)}; or all-linear)"
+        ) from None
+    n_trainable, n_total = peft_model.get_nb_trainable_parameters()
+    logger.info("Trainable parameters (lora r=%d, alpha=%g): %s of %s", r, alpha, f"{n_trainable:,}", f"{n_total:,}")
+    return peft_model
+
+
+class LoraTargetError(ValueError):
+    """`lora_target_modules` names no layer of the model."""
+
+
+def is_lora(model) -> bool:
+    return hasattr(model, "merge_and_unload") and hasattr(model, "peft_config")
+
+
+def merge_lora(model) -> PreTrainedModel:
+    """The adapters added into the weights they adapt, and the trained head in place: an ordinary
+    `*ForSequenceClassification` that a plain `pipeline()` loads, computing what the adapted model computes."""
+    return model.merge_and_unload()
 
 
 def freeze(model: PreTrainedModel, trainable: str = "last_block") -> list[str]:

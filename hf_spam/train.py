@@ -42,11 +42,15 @@ from hf_spam.modeling import (
     HUB_IDS,
     SHAPES,
     HubUnreachableError,
+    LoraTargetError,
     UnsafeModelError,
     UnsupportedModelError,
+    add_lora,
     freeze,
+    is_lora,
     load_model,
     load_tokenizer,
+    merge_lora,
     model_context,
     weights_fingerprint,
 )
@@ -69,6 +73,7 @@ USER_ERRORS = (
     ConfigError,
     UnsafeModelError,
     UnsupportedModelError,
+    LoraTargetError,
     OSError,  # a full disk while saving (CheckpointSaveError), an unreadable model directory
 )
 
@@ -138,14 +143,26 @@ def main(argv: list[str] | None = None) -> dict:
         config_overrides=model_args.config_overrides,
         revision=model_args.model_revision,
         classes=report.classes,
+        pooling=model_args.pooling,
+        causal_mask=model_args.causal_mask,
     )
-    freeze(model, model_args.trainable)
+    if model_args.trainable == "lora":
+        model = add_lora(
+            model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.lora_target_modules
+        )
+    else:
+        freeze(model, model_args.trainable)
     max_length = min(data_args.max_length or model_context(model.config), model_context(model.config))
     with training_args.main_process_first(desc="tokenizing"):
         tokenized = tokenize_splits(splits, tokenizer, max_length, data_args.padding, data_args.data_cache_dir)
 
     probe = tokenized["train"]["input_ids"][:4]  # the generic cached path is checked against the model's forward
-    n_frozen, why_not = frozen_prefix(model, probe) if training_args.trunk_cache else (0, "trunk_cache is false")
+    if not training_args.trunk_cache:
+        n_frozen, why_not = 0, "trunk_cache is false"
+    elif is_lora(model):
+        n_frozen, why_not = 0, "LoRA adapts every layer"
+    else:
+        n_frozen, why_not = frozen_prefix(model, probe)
     if n_frozen:
         logger.info(
             "Frozen-trunk cache on: blocks 0-%d run once per message, training starts at block %d",
@@ -207,6 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
         return {"interrupted_at_step": sigterm.stopped_at}
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
+    if is_lora(model):
+        model = merged_into_trainer(trainer, model, model_args.save_adapter)
 
     # ---- evaluate ----
     results = {split: evaluate_split(trainer, eval_features[split], split, report.classes) for split in SPLITS}
@@ -253,6 +272,16 @@ def main(argv: list[str] | None = None) -> dict:
             url = push_output_dir(output_dir, card.model_id, private=training_args.hub_private_repo, token=hub_token)
             logger.info("Pushed %s to %s", output_dir, url)
     return summary
+
+
+def merged_into_trainer(trainer, model, save_adapter: bool):
+    """A LoRA run's adapters merged into the weights: what is evaluated and saved is the plain classifier a
+    `pipeline()` loads. With `save_adapter`, peft's adapter (and trained head) is kept in OUTPUT_DIR/adapter."""
+    if save_adapter and trainer.is_world_process_zero():
+        model.save_pretrained(Path(trainer.args.output_dir) / "adapter")
+    merged = merge_lora(model)
+    trainer.model = trainer.model_wrapped = merged
+    return merged
 
 
 def load_splits(data_args, seed: int):

@@ -1,4 +1,5 @@
-"""`SpamTrainer`: a `Trainer` whose loss reads the logits of the last real token of each message."""
+"""`SpamTrainer`: a `Trainer` whose loss reads the logits of the last real token of each message (or the
+positions another `pooling` names)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hf_spam.checkpoints import CheckpointSaveError
+from hf_spam.pooling import pool_padded, pooling_of
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -22,12 +24,6 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """
     positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
     return (positions * attention_mask.to(positions.dtype)).argmax(-1)
-
-
-def pool_last_tokens(token_logits: torch.Tensor, inputs: dict) -> torch.Tensor:
-    """The logits of the last real token of each padded row, `[messages, labels]`."""
-    rows = torch.arange(token_logits.shape[0], device=token_logits.device)
-    return token_logits[rows, last_token_index(inputs["attention_mask"])]
 
 
 class _TokenLogits:
@@ -54,7 +50,8 @@ class _TokenLogits:
 
 class SpamTrainer(Trainer):
     """Cross-entropy on the logits of the last real token: the book's `calc_loss_batch`
-    (`model(x)[:, -1, :]`), done right for padded batches. Optional `class_weights` for unbalanced data."""
+    (`model(x)[:, -1, :]`), done right for padded batches; or of the positions the model's `pooling` names.
+    Optional `class_weights` for unbalanced data."""
 
     def __init__(self, *args, class_weights: torch.Tensor | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -69,12 +66,12 @@ class SpamTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
         unwrapped = self.accelerator.unwrap_model(model)
-        if getattr(unwrapped, "returns_last_token_logits", False):  # the trunk cache's tail pools by itself
+        if getattr(unwrapped, "returns_pooled_logits", False):  # the trunk cache's tail pools by itself
             logits = model(**inputs).logits
         else:
             with _TokenLogits(unwrapped.score) as token_logits:
                 model(**inputs)
-            logits = pool_last_tokens(token_logits.value, inputs)
+            logits = pool_padded(token_logits.value, inputs["attention_mask"], pooling_of(unwrapped.config))
         weight = None if self.class_weights is None else self.class_weights.to(logits)
         loss = F.cross_entropy(logits.float(), labels, weight=weight, reduction="sum")
         if num_items_in_batch is None:  # evaluation, or a caller that doesn't count: a plain mean

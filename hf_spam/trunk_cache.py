@@ -9,13 +9,15 @@ token never attends to a pad, so its hidden states do not depend on how its batc
 The states are cached on disk (one flat `.npy` array + offsets per split, read memory-mapped) under a key made
 of the trunk's weights, the tokenized split's fingerprint and the settings, so a second run reuses them.
 Since the loss reads only the last token of each message, the final block runs its query, attention and MLP
-for that token alone; only its keys and values are computed for every token.
+for that token alone; only its keys and values are computed for every token. (With another `pooling`, which
+reads every token, the tail runs on every token.)
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -33,6 +35,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.pytorch_utils import Conv1D
 
 from hf_spam.modeling import DROPOUT_FIELDS, decoder_parts, is_gpt2
+from hf_spam.pooling import CONFIG_KEY, pool_packed, pool_padded, pooling_of
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +60,8 @@ def frozen_prefix(model: PreTrainedModel, probe: list[list[int]] | None = None) 
         return 0, f"the trainable layers {trainable} are not the last ones"
     if n_frozen == 0:
         return 0, "every layer is trainable"
+    if not getattr(model.config, "is_causal", True):
+        return 0, "the attention is bidirectional (causal_mask: false); the cache's packed rows need a causal mask"
     config = model.config
     active = {name: getattr(config, name) for name in DROPOUT_FIELDS if getattr(config, name, 0)}
     active.pop("summary_first_dropout", None)  # GPT-2's head-side dropout, after the trunk
@@ -111,7 +116,14 @@ def tail_error(model: PreTrainedModel, n_frozen: int, input_ids: list[list[int]]
     states = trunk_pass(model, n_frozen, input_ids, desc="Probe")
     batch = collate_trunk_states([{"hidden_states": s, "labels": 0} for s in _split_states(states, input_ids)])
     cached = tail_for(model, n_frozen)(**batch).logits
-    plain = torch.stack([model(input_ids=torch.tensor([ids])).logits[0] for ids in input_ids])
+    pooling = pooling_of(model.config)
+
+    def plain_forward(ids: list[int]) -> torch.Tensor:
+        row = torch.tensor([ids])
+        token_logits = model.score(model.base_model(input_ids=row, use_cache=False)[0])
+        return pool_padded(token_logits, torch.ones_like(row), pooling)[0]
+
+    plain = torch.stack([plain_forward(ids) for ids in input_ids])
     model.train(was_training)
     return float((cached - plain).abs().max())
 
@@ -122,7 +134,9 @@ def _split_states(states: torch.Tensor, input_ids: list[list[int]]) -> list[torc
 
 def _trunk_fingerprint(model: PreTrainedModel, n_frozen: int, dtype: torch.dtype) -> str:
     digest = hashlib.sha256(f"{n_frozen}|{dtype}|{_trunk_includes_norm(model, n_frozen)}".encode())
-    digest.update(model.config.to_json_string(use_diff=False).encode())
+    # Pooling acts after the trunk: the rows of the experiment table that differ only in it share one cache.
+    config = {k: v for k, v in model.config.to_dict().items() if k != CONFIG_KEY}
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     for name, tensor in trunk_module(model, n_frozen).state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().numpy().tobytes())
@@ -390,7 +404,7 @@ class FrozenTrunkTail(nn.Module):
     message's last token, computing the final block only where they need it (`last_block_at_ends`).
     """
 
-    returns_last_token_logits = True  # `SpamTrainer` takes `logits` as they are, instead of pooling
+    returns_pooled_logits = True  # `SpamTrainer` takes `logits` as they are, instead of pooling
 
     def __init__(self, classifier: GPT2ForSequenceClassification, n_frozen: int):
         super().__init__()
@@ -405,7 +419,8 @@ class FrozenTrunkTail(nn.Module):
     def forward(self, hidden_states, position_ids, packed_ends, labels=None, **kwargs) -> SequenceClassifierOutput:
         transformer = self.classifier.transformer
         blocks = list(transformer.h[self.n_frozen :])
-        if len(blocks) > 1:  # the blocks before the final one: every token's output feeds the next block
+        causal_mask = None
+        if len(blocks) > 1 or pooling_of(self.classifier.config) != "last":  # blocks that run on every token
             causal_mask = create_causal_mask(
                 config=self.classifier.config,
                 inputs_embeds=hidden_states,
@@ -417,6 +432,18 @@ class FrozenTrunkTail(nn.Module):
                 hidden_states = block(
                     hidden_states, None, causal_mask, None, use_cache=False, position_ids=position_ids
                 )
+        pooling = pooling_of(self.classifier.config)
+        if pooling != "last":  # every token's logits are read: the final block runs on every token too
+            if blocks:
+                hidden_states = blocks[-1](
+                    hidden_states, None, causal_mask, None, use_cache=False, position_ids=position_ids
+                )
+            hidden_states = hidden_states.reshape(-1, hidden_states.shape[-1])
+            if self.apply_ln_f:
+                hidden_states = transformer.ln_f(hidden_states)
+            return SequenceClassifierOutput(
+                logits=pool_packed(self.classifier.score(hidden_states), packed_ends, pooling)
+            )
         if blocks:
             hidden_states = last_block_at_ends(blocks[-1], hidden_states, packed_ends)
         else:
@@ -437,7 +464,7 @@ class DecoderTail(nn.Module):
     gets saved.
     """
 
-    returns_last_token_logits = True  # `SpamTrainer` takes `logits` as they are, instead of pooling
+    returns_pooled_logits = True  # `SpamTrainer` takes `logits` as they are, instead of pooling
 
     def __init__(self, classifier: PreTrainedModel, n_frozen: int):
         super().__init__()
@@ -452,6 +479,15 @@ class DecoderTail(nn.Module):
     def forward(self, hidden_states, position_ids, packed_ends, labels=None, **kwargs) -> SequenceClassifierOutput:
         parts = decoder_parts(self.classifier)
         n_layers = len(parts.layers)
+        pooling = pooling_of(self.classifier.config)
+        if pooling != "last":  # every token's logits are read: every layer runs on every token
+            if self.n_frozen < n_layers:
+                rest = base_view(self.classifier, slice(self.n_frozen, None), keep_norm=self.apply_norm)
+                hidden_states = rest(inputs_embeds=hidden_states, position_ids=position_ids, use_cache=False)[0]
+            elif self.apply_norm:
+                hidden_states = parts.norm(hidden_states)
+            token_logits = self.classifier.score(hidden_states.reshape(-1, hidden_states.shape[-1]))
+            return SequenceClassifierOutput(logits=pool_packed(token_logits, packed_ends, pooling))
         if self.n_frozen < n_layers - 1:  # the layers before the final one: every token's output is read
             before = base_view(self.classifier, slice(self.n_frozen, n_layers - 1), keep_norm=False)
             hidden_states = before(inputs_embeds=hidden_states, position_ids=position_ids, use_cache=False)[0]

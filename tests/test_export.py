@@ -145,3 +145,20 @@ def _rows(path):
 
 def _texts(path):
     return [row["text"] for row in _rows(path)]
+
+
+@pytest.mark.parametrize("pooling, causal_mask", [("mean", True), ("first", False)])
+def test_the_graph_pools_and_masks_as_the_saved_model_says(pooling, causal_mask, tokenizer, tmp_path):
+    from hf_spam.modeling import load_model
+
+    from .conftest import TINY_OVERRIDES
+
+    torch.manual_seed(0)
+    kwargs = {"pooling": pooling, "causal_mask": causal_mask}
+    model = load_model("gpt2", tokenizer, init="random", config_overrides=TINY_OVERRIDES, **kwargs).eval()
+    export_graph(model, tokenizer, tmp_path / "model.onnx")
+    reference = classifier(model, tokenizer, batch_size=4).probabilities(MESSAGES)
+    got = onnx_probabilities(tmp_path / "model.onnx", tokenizer, model.config, 3)(MESSAGES)
+    np.testing.assert_allclose(got, reference, atol=1e-5)
+    model.config.hf_spam_pooling, model.config.is_causal = "last", True
+    assert not np.allclose(classifier(model, tokenizer, batch_size=4).probabilities(MESSAGES), reference, atol=1e-4)

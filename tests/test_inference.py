@@ -62,10 +62,10 @@ def test_repeated_texts_are_computed_once(saved, monkeypatch):
     from hf_spam import inference
 
     rows = []
-    real = inference.last_token_logits
+    real = inference.pooled_logits
     monkeypatch.setattr(
         inference,
-        "last_token_logits",
+        "pooled_logits",
         lambda model, **batch: rows.append(len(batch["input_ids"])) or real(model, **batch),
     )
     got = load_classifier(saved, batch_size=64)(TEXTS)
