@@ -192,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         "baseline", help="Char TF-IDF + logistic regression on the same splits (`hf-spam baseline --help`)."
     )
     sub.add_parser("bench", help="Time the book's loop, plain Trainer and hf_spam (see `hf-spam bench --help`).")
+    sub.add_parser("experiments", help="The book's table of chapter 6 experiments (`hf-spam experiments --help`).")
     sub.add_parser("loadtest", help="Load `hf-spam serve` on loopback (see `hf-spam loadtest --help`).")
     sub.add_parser(
         "train", help="Fine-tune (all flags of hf_spam/train.py; see `hf-spam train --help`).", add_help=False
@@ -285,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
         from hf_spam.bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] == ["experiments"]:
+        from hf_spam.experiments import main as experiments_main
+
+        return experiments_main(argv[1:])
     if argv[:1] == ["loadtest"]:
         from hf_spam.loadtest import main as loadtest_main
 

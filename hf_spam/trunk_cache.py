@@ -220,7 +220,7 @@ def cached_trunk_states(
     for name in paths.keys() - set(missing):
         logger.info("Frozen trunk states for %s loaded from %s", name, paths[name][0])
     if missing:
-        input_ids = {name: list(splits[name]["input_ids"]) for name in missing}
+        input_ids = {name: _real_tokens(splits[name]) for name in missing}
         states = trunk_pass(
             model,
             n_frozen,
@@ -238,6 +238,14 @@ def cached_trunk_states(
             first = last
             logger.info("Frozen trunk states for %s cached at %s", name, paths[name][0])
     return {name: TrunkStateStore(*paths[name]) for name in splits}
+
+
+def _real_tokens(split) -> list[list[int]]:
+    """Each message's ids without its padding (`padding: max_length` pads every message on the right): the
+    trunk states of real tokens only, as the padded forward computes them, pads masked."""
+    if "attention_mask" not in split.column_names:
+        return list(split["input_ids"])
+    return [ids[: sum(mask)] for ids, mask in zip(split["input_ids"], split["attention_mask"], strict=True)]
 
 
 def _write_states(states: torch.Tensor, lengths: list[int], path: Path, offsets_path: Path) -> None:
