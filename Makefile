@@ -31,7 +31,7 @@ train: install
 	$(BIN)/hf-spam train --config $(CONFIG)
 
 smoke: install
-	HF_HUB_OFFLINE=1 $(BIN)/accelerate launch hf_spam/train.py --config configs/tiny.yaml
+	HF_HUB_OFFLINE=1 $(BIN)/accelerate launch --config_file configs/accelerate/cpu.yaml --num_cpu_threads_per_process $$(nproc) hf_spam/train.py --config configs/tiny.yaml
 
 test: install
 	$(BIN)/python -m pytest -m "not slow"

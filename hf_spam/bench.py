@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hf_spam.argtypes import ArgumentParser, positive_int
 from hf_spam.malloc import keep_freed_memory
 
 FULL = {
@@ -309,7 +310,7 @@ def bench(quick: bool, workdir: Path, repeats: int = 1, model: str | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hf-spam bench", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="hf-spam bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="A tiny model and 1 epoch: under a minute, for CI.")
     parser.add_argument(
         "--repeats",
@@ -327,7 +328,10 @@ def main(argv: list[str] | None = None) -> int:
         help="Only the prediction rows, on this trained model (exports it to MODEL_DIR/onnx first).",
     )
     parser.add_argument(
-        "--messages", type=int, default=None, help="With --predict: time the first N messages of the collection."
+        "--messages",
+        type=positive_int,
+        default=None,
+        help="With --predict: time the first N messages of the collection.",
     )
     parser.add_argument("--workdir", type=Path, help="Where runs write (default: a temporary directory).")
     parser.add_argument("--output", type=Path, help="Also write the JSON report here.")
@@ -342,7 +346,15 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # the floor and the pipeline run here: the same allocator settings as train and predict
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is built locally: never wait on the Hub
     if args.predict:
-        report = {"machine": machine(), "predict": prediction_backends(args.predict, args.messages)}
+        from safetensors import SafetensorError
+
+        try:
+            predict = prediction_backends(args.predict, args.messages)
+        except (ValueError, OSError, SafetensorError, RuntimeError) as err:  # as `hf-spam predict` reports them
+            message = str(err) if args.predict in str(err) else f"{args.predict}: {err}"
+            print(f"hf-spam bench: {message}", file=sys.stderr)
+            return 2
+        report = {"machine": machine(), "predict": predict}
         print(json.dumps(report, indent=2))
         if args.output:
             args.output.write_text(json.dumps(report, indent=2) + "\n")

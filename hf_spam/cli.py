@@ -9,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
+from hf_spam.argtypes import ArgumentParser, port_number, positive_float, positive_int
 from hf_spam.data import URLS, DataFormatError, DataIntegrityError, DownloadError, load_data
 
 
@@ -163,7 +164,7 @@ def push_command(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="hf-spam", description="Decoder (GPT-2, Llama, Gemma, ...) spam classifiers on the Hugging Face stack."
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -181,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--spam_label", help="Which label is spam, where the labels do not say.")
     data.add_argument("--cache_dir", help="Download cache (default: $HF_SPAM_CACHE or ~/.cache/hf_spam).")
     data.add_argument("--data_urls", nargs="*", default=URLS, help="Zip archives to try, in order.")
-    data.add_argument("--download_timeout", type=float, default=30.0)
+    data.add_argument("--download_timeout", type=positive_float, default=30.0)
     data.add_argument("--dedupe", action=argparse.BooleanOptionalAction, default=True, help="Drop duplicate texts.")
     data.add_argument("--balance", choices=["undersample", "none"], default="undersample")
     data.add_argument("--lenient", action="store_true", help="Skip malformed lines and count them.")
@@ -206,10 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="Classify texts (arguments, or one per line on stdin) as JSON lines.")
     predict.add_argument("--model", required=True, help="A directory written by `hf-spam train` (or a Hub id).")
     predict.add_argument("texts", nargs="*", help="Texts to classify; read from stdin, one per line, if none.")
-    predict.add_argument("--batch_size", type=int, default=64, help="Texts per forward pass, in token-length order.")
+    predict.add_argument(
+        "--batch_size", type=positive_int, default=64, help="Texts per forward pass, in token-length order."
+    )
     predict.add_argument(
         "--chunk_size",
-        type=int,
+        type=positive_int,
         default=8192,
         help="Lines read from stdin per batch of work: larger chunks sort by length and dedupe better.",
     )
@@ -255,10 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--host", default="127.0.0.1", help="Address to listen on (default 127.0.0.1: this machine only)."
     )
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=port_number, default=8000)
     serve.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
     serve.add_argument("--dtype", choices=["float32", "bfloat16", "int8"], default="float32", help="As for predict.")
-    serve.add_argument("--batch_size", type=int, default=64, help="Texts per forward pass, in token-length order.")
+    serve.add_argument(
+        "--batch_size", type=positive_int, default=64, help="Texts per forward pass, in token-length order."
+    )
     serve.add_argument(
         "--batch_wait_ms",
         type=float,
@@ -266,9 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="How long the first request of a batch waits for others (0 with --max_batch_texts 0: no gathering).",
     )
     serve.add_argument("--max_batch_texts", type=int, default=256, help="Texts gathered into one call at most.")
-    serve.add_argument("--max_body_bytes", type=int, default=1_000_000)
-    serve.add_argument("--max_texts", type=int, default=256, help="Texts one request may hold.")
-    serve.add_argument("--max_text_chars", type=int, default=100_000, help="Characters one text may hold.")
+    serve.add_argument("--max_body_bytes", type=positive_int, default=1_000_000)
+    serve.add_argument("--max_texts", type=positive_int, default=256, help="Texts one request may hold.")
+    serve.add_argument("--max_text_chars", type=positive_int, default=100_000, help="Characters one text may hold.")
     return parser
 
 

@@ -199,8 +199,16 @@ class DataArguments:
     )
 
     def __post_init__(self):
-        if len(self.split_ratios) != 3 or abs(sum(self.split_ratios) - 1.0) > 1e-6:
-            raise ValueError(f"split_ratios must be three fractions summing to 1, got {self.split_ratios}")
+        if not self.download_timeout > 0:
+            raise ValueError(f"download_timeout must be a positive number of seconds, got {self.download_timeout}")
+        if self.max_length is not None and self.max_length < 1:
+            raise ValueError(
+                f"max_length must be at least 1 token (or left out for the model context), got {self.max_length}"
+            )
+        if len(self.split_ratios) != 3 or abs(sum(self.split_ratios) - 1.0) > 1e-6 or min(self.split_ratios) < 0:
+            raise ValueError(
+                f"split_ratios must be three non-negative fractions summing to 1, got {self.split_ratios}"
+            )
 
 
 @dataclass
@@ -266,7 +274,10 @@ class SpamTrainingArguments(TrainingArguments):
             raise ValueError(f"weight_decay must not be negative, got {self.weight_decay}")
         if self.max_steps <= 0 and not self.num_train_epochs > 0:
             raise ValueError(f"num_train_epochs must be positive (or set max_steps), got {self.num_train_epochs}")
-        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
+        names = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps")
+        for name in (*names, "trunk_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         super().__post_init__()
@@ -287,6 +298,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     pre.add_argument("--config", type=Path)
     known, rest = pre.parse_known_args(argv)
     parser = HfArgumentParser(ALL_ARGUMENTS)
+    parser.error = _one_line_error  # argparse would print the usage of every flag (over a hundred lines) first
     if known.config is not None:
         parser.set_defaults(**load_yaml(known.config))
     try:
@@ -296,8 +308,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     return model_args, data_args, training_args
 
 
+def _one_line_error(message: str):
+    raise ConfigError(f"{message} (see --help)")
+
+
 def load_yaml(path: Path) -> dict:
     """Read a config file whose keys must all be fields of the argument dataclasses."""
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory; give a YAML file (see configs/)")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:

@@ -15,7 +15,6 @@ padding only changes compute) is shown as that row, and a row it cannot run here
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import json
@@ -25,6 +24,8 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from hf_spam.argtypes import ArgumentParser
 
 # The book's recipe, as train flags. Checkpoints and the natural-rate pass are off: the table needs neither.
 RECIPE = (
@@ -43,6 +44,10 @@ PADDING_ONLY = (
     "hf_spam reads the last real token and masks the pads, so with right padding and a causal mask the padded "
     "length changes the compute only"
 )
+
+
+class ExperimentError(RuntimeError):
+    """The base model or data of every row is unusable: the first row to run says why."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,7 @@ class Result:
     same_as: int | None = None
     reason: str | None = None
     output_dir: str | None = None
+    user_error: bool = False
 
 
 def parse_rows(text: str | None) -> list[Row]:
@@ -136,6 +142,7 @@ def run_row(row: Row, flags: list[str], output_dir: Path) -> Result:
             summary = train_main([*flags, "--output_dir", str(output_dir)])
         except USER_ERRORS as err:
             summary, result.status, result.reason = None, "failed", f"{type(err).__name__}: {err}"
+            result.user_error = True
         except Exception as err:  # kept in the log with its traceback; the table says the row failed
             traceback.print_exc(file=f)
             summary, result.status, result.reason = None, "failed", f"{type(err).__name__}: {err} (log: {log})"
@@ -191,6 +198,13 @@ def experiments(
                     )
                 else:
                     echo(f"{prefix}: FAILED: {result.reason}")
+                    if (
+                        result.user_error
+                        and row.model is None
+                        and not any(r.status == "ran" for r in results.values())
+                    ):
+                        # The first run of the base model failed on the user's input: every row would.
+                        raise ExperimentError(f"row {row.number}: {result.reason}")
         results[row.number] = result
         report["rows"] = [asdict(r) for r in results.values()]
         (output_dir / "experiments.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -246,7 +260,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hf-spam experiments", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="hf-spam experiments", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--model",
         default="smollm2-135m",
@@ -267,7 +281,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hf-spam experiments: error: --output_dir {output_dir} is a file", file=sys.stderr)
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    report = experiments(args.model, rows, output_dir, quick=args.quick, dedupe=args.dedupe)
+    try:
+        report = experiments(args.model, rows, output_dir, quick=args.quick, dedupe=args.dedupe)
+    except ExperimentError as err:
+        print(f"hf-spam experiments: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {output_dir / 'experiments.md'} and {output_dir / 'experiments.json'}")
     failed = [r["number"] for r in report["rows"] if r["status"] == "failed"]
     return 1 if failed else 0

@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 ONNX_FILES = {"float32": "model.onnx", "int8": "model_quantized.onnx"}
 SCORE_TOLERANCE = 1e-4
+MAX_OPSET = 23  # the newest opset onnx 1.23 and ONNX Runtime 1.32 both implement
 # ONNX protobuf files cannot exceed 2 GiB; larger models keep their weights in `<file>_data` beside it.
 INLINE_LIMIT = 1_800_000_000
 MISSING_EXTRA = "ONNX export needs the onnx extra: `pip install onnx onnxscript onnxruntime` (make install adds them)"
@@ -86,6 +87,9 @@ def export(
     require_onnx()
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize: only int8 is supported, got {quantize!r}")
+    if not 18 <= opset <= MAX_OPSET:
+        # torch's exporter writes opset 18 or later; below, it would silently write 18 anyway.
+        raise ValueError(f"opset: the exporter writes ONNX opsets 18 to {MAX_OPSET}, got {opset}")
     if not 0 <= max_accuracy_drop <= 100:
         raise ValueError(f"max_accuracy_drop: points of test accuracy in [0, 100], got {max_accuracy_drop}")
     model, tokenizer = load_model_dir(model_dir)
@@ -222,8 +226,9 @@ def onnx_classifier(
     `dtype="int8"`, with the tokenizer and labels (and any `spam_threshold`) of `MODEL_DIR`."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from hf_spam.inference import labelled
+    from hf_spam.inference import check_model_location, labelled
 
+    check_model_location(model_dir)
     if dtype not in ONNX_FILES:
         raise ValueError(f"dtype: the onnxruntime backend runs {' or '.join(ONNX_FILES)}, got {dtype!r}")
     require_onnx()

@@ -10,6 +10,7 @@ runs the final block only at the last real token, the one whose logits are read
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -84,9 +85,20 @@ def load_classifier(
     return classifier(model, tokenizer, batch_size, dtype, threshold)
 
 
+def check_model_location(model_dir: str) -> None:
+    """A trained directory must be one: a file, or a path that is not there (and cannot be a Hub id `user/name` or `name`),
+    is said as such, before Transformers reports it as an invalid repository id or a JSON error."""
+    path = Path(model_dir)
+    if path.is_file():
+        raise NotADirectoryError(f"{model_dir} is a file; give the output directory of `hf-spam train` (or a Hub id)")
+    if not path.exists() and (path.is_absolute() or model_dir.startswith((".", "~")) or model_dir.count("/") > 1):
+        raise FileNotFoundError(f"{model_dir}: no such directory; give the output directory of `hf-spam train`")
+
+
 def load_model_dir(model_dir: str, device: str | int | None = "cpu") -> tuple[PreTrainedModel, object]:
     """The model (eval mode, fused GELU for GPT-2, on `device`; None: cuda if available) and tokenizer of a
     trained directory or Hub id: safetensors only, never remote code."""
+    check_model_location(model_dir)
     check_local_model_dir(model_dir)
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)  # first: a broken one fails clearly
     check_decoder(config, model_dir)

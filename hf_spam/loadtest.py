@@ -12,7 +12,6 @@ The clients share the machine with the server; on a 2-core machine they take som
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import os
@@ -24,6 +23,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from hf_spam.argtypes import ArgumentParser, positive_float, positive_int
 
 SETUPS = {"micro_batched": [], "one_call_per_request": ["--batch_wait_ms", "0", "--max_batch_texts", "0"]}
 
@@ -172,11 +173,13 @@ def table(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hf-spam loadtest", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="hf-spam loadtest", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="A directory written by `hf-spam train`.")
-    parser.add_argument("--clients", type=int, default=16, help="Concurrent clients (default 16).")
-    parser.add_argument("--seconds", type=float, default=20.0, help="How long each server is loaded (default 20).")
-    parser.add_argument("--max_requests", type=int, default=100_000, help="Stop after this many requests.")
+    parser.add_argument("--clients", type=positive_int, default=16, help="Concurrent clients (default 16).")
+    parser.add_argument(
+        "--seconds", type=positive_float, default=20.0, help="How long each server is loaded (default 20)."
+    )
+    parser.add_argument("--max_requests", type=positive_int, default=100_000, help="Stop after this many requests.")
     parser.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "int8"], default="float32")
     parser.add_argument("--seed", type=int, default=0)

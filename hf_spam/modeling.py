@@ -11,6 +11,8 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+import transformers
+from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -223,26 +225,82 @@ def load_model(
         check_decoder(config, model_name_or_path)
         if init == "random":
             return use_fused_gelu(_built(config, model_name_or_path))
-        model = AutoModelForSequenceClassification.from_pretrained(
-            _hub_id(model_name_or_path),
-            config=config,
-            revision=revision,
-            use_safetensors=True,
-            trust_remote_code=False,
-            dtype=torch_dtype,
-        )
+        with _without_load_report():
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                _hub_id(model_name_or_path),
+                config=config,
+                revision=revision,
+                use_safetensors=True,
+                trust_remote_code=False,
+                dtype=torch_dtype,
+                output_loading_info=True,
+            )
     except OSError as err:
         if Path(model_name_or_path).exists():
             raise
         raise _unreachable("model", model_name_or_path, err) from err
+    report_unexpected_weights(model_name_or_path, info)
     return use_fused_gelu(model)
+
+
+class _without_load_report:
+    """Hold back Transformers' LOAD REPORT table and its "Loading weights" bar while a base model loads: a new
+    `score` head missing from a language-model checkpoint (and the unused `lm_head`) is the point of
+    fine-tuning, not news. `report_unexpected_weights` says what else differed, if anything."""
+
+    def __enter__(self):
+        self.logger = transformers.utils.logging.get_logger("transformers.modeling_utils")
+        self.logger.addFilter(self._drop)
+        self.bars = transformers.utils.logging.is_progress_bar_enabled()
+        transformers.utils.logging.disable_progress_bar()
+
+    def __exit__(self, *exc):
+        self.logger.removeFilter(self._drop)
+        if self.bars:
+            transformers.utils.logging.enable_progress_bar()
+
+    @staticmethod
+    def _drop(record) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+
+def report_unexpected_weights(name: str, info: dict) -> None:
+    """One warning for the checkpoint weights that did not fit, beyond the new head and the unused LM head."""
+    missing = [k for k in info.get("missing_keys", ()) if not k.startswith("score.")]
+    unused = [k for k in info.get("unexpected_keys", ()) if not k.startswith("lm_head.")]
+    mismatched = [k if isinstance(k, str) else k[0] for k in info.get("mismatched_keys", ())]
+    if missing or unused or mismatched:
+        logger.warning(
+            "%s: %s",
+            name,
+            "; ".join(
+                f"{what}: {', '.join(sorted(keys)[:8])}{' ...' if len(keys) > 8 else ''}"
+                for what, keys in (
+                    ("weights not in the checkpoint (randomly initialized)", missing),
+                    ("checkpoint weights not used", unused),
+                    ("shapes that differ (randomly initialized)", mismatched),
+                )
+                if keys
+            ),
+        )
+
+
+class ModelConfigError(ValueError):
+    """config_overrides that the model's config refuses, or that describe no working model."""
 
 
 def _configured(config, settings: dict):
     # Only the dropout rates this family has: another would be saved into its config.json for nothing.
     for name, value in settings.items():
         if name not in DROPOUT_FIELDS or hasattr(config, name):
-            setattr(config, name, value)
+            try:
+                setattr(config, name, value)
+            except (TypeError, ValueError, StrictDataclassError) as err:  # strictly typed config fields
+                cause = err.__cause__ or err
+                raise ModelConfigError(f"config_overrides: {name}={value!r}: {cause}") from None
+    heads, hidden = getattr(config, "num_attention_heads", None), getattr(config, "hidden_size", None)
+    if heads and hidden and getattr(config, "head_dim", None) is None and hidden % heads:
+        raise ModelConfigError(f"config_overrides: the hidden size {hidden} must be a multiple of the {heads} heads")
     return config
 
 

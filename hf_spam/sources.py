@@ -118,17 +118,26 @@ def _read_file(path: str):
     from datasets import load_dataset
 
     file = Path(path)
+    if file.is_dir():
+        raise SourceError(f"{path}: is a directory; give a data file ({', '.join(FORMATS)})")
     if not file.is_file():
         raise SourceError(f"{path}: no such file")
     kind = FORMATS.get(file.suffix.lower())
     if kind is None:
         raise SourceError(f"{path}: unknown format {file.suffix!r}; expected one of {', '.join(FORMATS)}")
+    if file.stat().st_size == 0:
+        raise SourceError(f"{path}: the file is empty")
     builder, options = kind
     try:
-        return load_dataset(builder, data_files=str(file), split="train", **options)
+        dataset = load_dataset(builder, data_files=str(file), split="train", **options)
     except Exception as err:  # pandas, pyarrow and json parsers each raise their own types
+        if "corresponds to no data" in str(err):  # datasets' words for a header without rows
+            raise SourceError(f"{path}: no messages in it (a header, but no rows)") from None
         reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
         raise SourceError(f"{path}: cannot be read as {file.suffix[1:]}: {reason}") from err
+    if len(dataset) == 0:
+        raise SourceError(f"{path}: no messages in it (a header, but no rows)")
+    return dataset
 
 
 def _column(columns: list[str], chosen: str | None, candidates: tuple[str, ...], option: str, where: str) -> str:

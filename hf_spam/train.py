@@ -43,6 +43,7 @@ from hf_spam.modeling import (
     SHAPES,
     HubUnreachableError,
     LoraTargetError,
+    ModelConfigError,
     UnsafeModelError,
     UnsupportedModelError,
     add_lora,
@@ -74,6 +75,7 @@ USER_ERRORS = (
     UnsafeModelError,
     UnsupportedModelError,
     LoraTargetError,
+    ModelConfigError,
     OSError,  # a full disk while saving (CheckpointSaveError), an unreadable model directory
 )
 
@@ -84,25 +86,24 @@ def main(argv: list[str] | None = None) -> dict:
 
     # hf_spam reports what it does (data source, cache, parameter counts) at INFO on the main process;
     # Transformers keeps its own level unless --log_level asks for another.
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING, force=True)
+    configure_logging()
     log_level = training_args.get_process_log_level()
     transformers.utils.logging.set_verbosity(log_level)
     logger.setLevel(logging.INFO if training_args.should_log and training_args.log_level == "passive" else log_level)
-    logger.info("Model arguments: %s", model_args)
-    logger.info("Data arguments: %s", data_args)
-    logger.info("Training arguments: %s", training_args)
+    # The full argument dumps (a hundred lines) at DEBUG, shown by `--log_level debug`: not before every error line.
+    logger.debug("Model arguments: %s", model_args)
+    logger.debug("Data arguments: %s", data_args)
+    logger.debug("Training arguments: %s", training_args)
     logger.info(
         "Device %s, world size %d, torch threads %d",
         training_args.device,
         training_args.world_size,
         torch.get_num_threads(),
     )
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched > 1 and training_args.world_size == 1:
-        # Otherwise each process would train alone on all the data and all would write output_dir.
+    check_launch(training_args.world_size)
+    if Path(training_args.output_dir).exists() and not Path(training_args.output_dir).is_dir():
         raise ConfigError(
-            f"launched as {launched} processes, but they formed no process group; on a machine without GPUs, "
-            "pass --use_cpu true so that they train together over gloo"
+            f"output_dir {training_args.output_dir} is a file; give a directory (it is created if missing)"
         )
     if training_args.device.type == "cpu" and (training_args.fp16 or training_args.bf16):
         raise ConfigError("fp16/bf16 mixed precision is for accelerators; leave both off on the CPU")
@@ -284,6 +285,30 @@ def merged_into_trainer(trainer, model, save_adapter: bool):
     return merged
 
 
+# What a process started by MPI, torchrun or accelerate's multi-process launchers finds in its environment.
+WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def check_launch(world_size: int) -> None:
+    """Refuse launches that would not train as asked: processes that formed no process group (each would
+    train alone on all the data and write output_dir), and `accelerate launch --cpu --num_processes N`,
+    whose --cpu launcher starts one process for any N without MPI."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and world_size == 1:
+        raise ConfigError(
+            f"launched as {launched} processes, but they formed no process group; on a machine without GPUs, "
+            "pass --use_cpu true so that they train together over gloo"
+        )
+    # accelerate's one-process launcher sets MASTER_PORT only when asked for several processes.
+    one_of_several = "MASTER_PORT" in os.environ and not any(v in os.environ for v in WORLD_SIZE_VARIABLES)
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and one_of_several:
+        raise ConfigError(
+            "accelerate launch --cpu with --num_processes above 1 starts a single process (without MPI); for "
+            "several CPU processes run `accelerate launch --multi_gpu --num_processes N hf_spam/train.py ... "
+            "--use_cpu true` (gloo), or leave --num_processes out for one"
+        )
+
+
 def load_splits(data_args, seed: int):
     """The data stage: any source (`DataArguments`) through dedupe -> balance -> split, with the held-out
     messages when the natural-rate evaluation is on."""
@@ -318,6 +343,17 @@ def resolve_base_model(model_args, training_args, cache_dir: str | None) -> tupl
     output directory named after it; without it, an error that says what to do.
     """
     name = model_args.model_name_or_path
+    local = Path(name).expanduser()
+    if local.is_file():
+        raise ConfigError(
+            f"model_name_or_path {name} is a file; give a model directory, a Hub id or {' or '.join(EMBEDDED)}"
+        )
+    if (
+        name not in EMBEDDED
+        and not local.exists()
+        and (local.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1)
+    ):
+        raise ConfigError(f"model_name_or_path {name}: no such directory (and not a Hub id `user/name`)")
     needs_hub = (
         model_args.init == "pretrained"
         and name not in EMBEDDED
@@ -464,9 +500,33 @@ def metrics_table(results: dict[str, dict], classes: list[str] | None = None) ->
     return "\n".join(lines)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record is emitted: a redirect (`hf-spam experiments` sends
+    each row to its log file) or a test's capture then gets the records, not a stream bound at start-up."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def configure_logging() -> None:
+    """hf_spam's records (and other libraries' warnings) to stderr, once per process."""
+    root = logging.getLogger()
+    if not any(isinstance(handler, _StderrHandler) for handler in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+
+
 def run(argv: list[str] | None = None) -> int:
     """`main` as a command: a problem with the user's input or environment is one clear line and exit code 2,
     not a traceback; a run stopped by SIGTERM (checkpoint saved) exits with 143, the shell's code for it."""
+    configure_logging()  # before parsing: an error in the flags themselves is logged like any other
     try:
         summary = main(argv)
     except USER_ERRORS as err:

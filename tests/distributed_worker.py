@@ -1,4 +1,4 @@
-"""Run by torchrun, once per rank: train, then record what this rank ended with in OUT_DIR/rank<R>.json."""
+"""Run by accelerate launch (or torchrun), once per rank: train, then record what this rank ended with in OUT_DIR/rank<R>.json."""
 
 import json
 import os

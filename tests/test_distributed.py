@@ -1,19 +1,21 @@
-"""Two processes on the CPU (gloo), launched with torchrun.
-
-accelerate 1.15 starts multi-CPU jobs only through mpirun (`--mpirun_hostfile`); with no MPI here,
-`accelerate launch --cpu --num_processes 2` runs a single process. torchrun is what accelerate itself uses
-for multi-GPU jobs, and Trainer/accelerate read its environment (RANK, WORLD_SIZE, MASTER_ADDR) the same way.
+"""Two processes on the CPU (gloo), launched as the README says: `accelerate launch` with the multi-process
+launcher and `--use_cpu true` (accelerate's own `--cpu` launcher starts one process without MPI, which hf_spam
+refuses with what to run instead). torchrun, which that launcher wraps, works the same way.
 """
 
 import json
 import os
-import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from hf_spam.loadtest import free_port
+
 from .conftest import ROOT
+
+ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 
 # last_block: the frozen-trunk cache is on, so DDP trains the tail; rank 1 logs at INFO too.
 FLAGS = [
@@ -22,19 +24,13 @@ FLAGS = [
 ]  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     env = {**os.environ, "HF_SPAM_CACHE": str(tmp / "cache"), "OMP_NUM_THREADS": "1"}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+        ACCELERATE, "launch", "--config_file", str(ROOT / "configs" / "accelerate" / "multi_cpu.yaml"),
+        "--main_process_port", str(free_port()),
         str(ROOT / "tests" / "distributed_worker.py"), str(tmp), *FLAGS, "--output_dir", str(tmp / "model"),
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
@@ -53,7 +49,7 @@ def test_processes_without_a_process_group_are_an_error(tmp_path):
     env = {**os.environ, "HF_SPAM_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+        "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
         "-m", "hf_spam.train", "--config", str(ROOT / "configs" / "tiny.yaml"), "--output_dir", str(tmp_path / "out"),
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
@@ -62,9 +58,36 @@ def test_processes_without_a_process_group_are_an_error(tmp_path):
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
-def test_world_size_two_is_logged(two_ranks):
+def test_world_size_two_is_logged_and_accelerate_prints_no_defaults_notice(two_ranks):
     _, _, result = two_ranks
     assert "world size 2" in result.stderr
+    assert "had defaults used instead" not in result.stderr
+
+
+@pytest.mark.slow
+def test_the_readme_command_line_runs_two_processes_too(tmp_path):
+    env = {**os.environ, "HF_SPAM_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    command = [
+        ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()),
+        str(ROOT / "tests" / "distributed_worker.py"), str(tmp_path), *FLAGS, "--num_train_epochs", "1",
+        "--output_dir", str(tmp_path / "model"),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert [json.loads((tmp_path / f"rank{r}.json").read_text())["world_size"] for r in (0, 1)] == [2, 2]
+
+
+def test_accelerate_cpu_launcher_with_several_processes_says_what_to_run(tmp_path):
+    env = {**os.environ, "HF_SPAM_CACHE": str(tmp_path / "cache")}
+    command = [
+        ACCELERATE, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "--quiet", "-m", "hf_spam.train", "--config", str(ROOT / "configs" / "tiny.yaml"),
+        "--output_dir", str(tmp_path / "out"),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert result.returncode != 0
+    assert "starts a single process" in result.stderr and "--multi_gpu --num_processes N" in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_evaluation_counts_every_example_once(two_ranks):
