@@ -177,7 +177,7 @@ def experiments(
         "recipe": " ".join(RECIPE),
         "rows": [],
     }
-    results: dict[int, Result] = {}
+    results = kept_results(output_dir / "experiments.json", report)
     for i, row in enumerate(rows, 1):
         prefix = f"[{i}/{len(rows)}] row {row.number} ({row.setting})"
         if row.same_as is not None:
@@ -206,10 +206,21 @@ def experiments(
                         # The first run of the base model failed on the user's input: every row would.
                         raise ExperimentError(f"row {row.number}: {result.reason}")
         results[row.number] = result
-        report["rows"] = [asdict(r) for r in results.values()]
+        report["rows"] = [asdict(results[n]) for n in sorted(results)]
         (output_dir / "experiments.json").write_text(json.dumps(report, indent=2) + "\n")
         (output_dir / "experiments.md").write_text(markdown(report))
     return report
+
+
+def kept_results(path: Path, report: dict) -> dict[int, Result]:
+    """The rows an earlier run into the same directory measured, on the same model and split: a run of some
+    rows adds to (or replaces rows of) the table instead of starting it again."""
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    if (earlier.get("model"), earlier.get("dedupe")) != (report["model"], report["dedupe"]):
+        return {}
+    return {r["number"]: Result(**{**r, "book": dict(r["book"])}) for r in earlier.get("rows", [])}
 
 
 def markdown(report: dict) -> str:
