@@ -1,4 +1,4 @@
-"""`hf-spam` command line: data | train | predict | export | serve | loadtest | push | bench | baseline."""
+"""`hf-spam` command line: data | train | predict | export | serve | loadtest | push | bench | baseline | experiments."""
 
 from __future__ import annotations
 

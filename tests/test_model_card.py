@@ -310,3 +310,19 @@ def test_callback_keeps_the_epochs_before_a_resumed_checkpoint(card):
         {"epoch": 2.0, "step": 20, "training_loss": 0.3, "validation_loss": 0.2, "validation_accuracy": 0.9,
          "validation_f1": None},
     ]  # fmt: skip
+
+
+def test_a_pooled_model_card_warns_that_pipeline_reads_the_last_token(card):
+    default = render_model_card(card)
+    assert "Pooling:" not in default and "reads the last real token" in default
+    card.pooling = "mean"
+    text = render_model_card(card)
+    assert "reads the average over the real tokens" in text
+    assert "**Pooling:** `mean`" in text and "does not give this model's answers" in text
+    assert "This model pools `mean`: `pipeline()` below reads the last token instead" in text
+
+
+def test_a_lora_card_says_the_adapters_are_merged(card):
+    card.trainable, card.lora = "lora", {"r": 16, "alpha": 8.0, "targets": ["all-linear"]}
+    text = render_model_card(card)
+    assert "**LoRA:** rank 16, alpha 8.0, adapters on `all-linear`" in text and "merged" in text

@@ -103,3 +103,23 @@ def test_without_causal_mask_early_tokens_see_late_ones_and_the_cache_is_off(tok
     theirs = pipeline("text-classification", model=str(tmp_path), device="cpu")(texts)
     assert [p["label"] for p in ours] == [p["label"] for p in theirs]
     assert max(abs(p["score"] - q["score"]) for p, q in zip(ours, theirs, strict=True)) < 1e-5
+
+
+def test_padding_to_the_longest_message_changes_nothing_the_cache_trains_on(tokenizer, tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    from hf_spam.data import tokenize_splits
+    from hf_spam.trunk_cache import trunk_features
+
+    model = _gpt2(tokenizer, "last").eval()
+    freeze(model, "last_block")
+    texts = [*TEXTS, "ok"]
+    splits = DatasetDict({"train": Dataset.from_dict({"text": texts, "label": [i % 2 for i in range(len(texts))]})})
+    features = {
+        padding: trunk_features(model, 2, tokenize_splits(splits, tokenizer, 64, padding, tmp_path), tmp_path)["train"]
+        for padding in ("longest", "max_length")
+    }
+    for i in range(len(texts)):
+        unpadded, padded = features["longest"][i]["hidden_states"], features["max_length"][i]["hidden_states"]
+        assert padded.shape == unpadded.shape  # the pads are not states the tail attends to
+        assert torch.allclose(padded, unpadded, atol=1e-5)
