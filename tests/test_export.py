@@ -147,7 +147,9 @@ def _texts(path):
     return [row["text"] for row in _rows(path)]
 
 
-@pytest.mark.parametrize("pooling, causal_mask", [("mean", True), ("first", False)])
+@pytest.mark.parametrize(
+    "pooling, causal_mask", [("mean", True), pytest.param("first", False, marks=pytest.mark.slow)]
+)
 def test_the_graph_pools_and_masks_as_the_saved_model_says(pooling, causal_mask, tokenizer, tmp_path):
     from hf_spam.modeling import load_model
 
