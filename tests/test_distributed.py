@@ -45,6 +45,7 @@ def test_both_ranks_finish_with_identical_weights(two_ranks):
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
 
 
+@pytest.mark.slow  # over 15 s on 2 cores: `make test-all`
 def test_processes_without_a_process_group_are_an_error(tmp_path):
     env = {**os.environ, "HF_SPAM_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     command = [

@@ -80,6 +80,7 @@ def test_gpt2_export_writes_the_transformers_js_layout_and_predict_runs_it(saved
     assert len(int8) == len(MESSAGES) and int8[-1] == int8[-2]  # a repeated text is answered once, the same
 
 
+@pytest.mark.slow  # over 15 s on 2 cores: `make test-all`
 def test_a_graph_that_differs_from_torch_is_not_kept(saved, test_csv, monkeypatch):
     assert cli_main(["export", str(saved), "--test_file", test_csv]) == 0
     before = {p.name: p.read_bytes() for p in (saved / "onnx").iterdir()}
@@ -90,6 +91,7 @@ def test_a_graph_that_differs_from_torch_is_not_kept(saved, test_csv, monkeypatc
     assert not list(saved.glob(".onnx-*"))
 
 
+@pytest.mark.slow  # over 15 s on 2 cores: `make test-all`
 def test_int8_that_costs_accuracy_fails_and_leaves_nothing(saved, test_csv, tokenizer, monkeypatch, capsys):
     flipped = AutoModelForSequenceClassification.from_pretrained(saved).eval()
     with torch.no_grad():
@@ -112,6 +114,7 @@ def test_int8_that_costs_accuracy_fails_and_leaves_nothing(saved, test_csv, toke
         assert not (saved / "onnx").exists() and not list(saved.glob(".onnx-*"))
 
 
+@pytest.mark.slow  # over 15 s on 2 cores: `make test-all`
 def test_the_default_check_is_the_test_split_the_model_was_trained_with(tmp_path):
     from hf_spam.train import main
 

@@ -249,6 +249,7 @@ def test_the_load_test_stops_by_itself_and_reports_both_servers(saved, tmp_path)
         assert result["server_peak_rss_mb"] > 0 and result["server_exit_code"] == -signal.SIGTERM  # a clean stop
 
 
+@pytest.mark.slow  # over 15 s on 2 cores: `make test-all`
 def test_the_onnxruntime_backend_serves_the_exported_graph(saved, tmp_path):
     pytest.importorskip("onnxruntime")
     from hf_spam.export import export
