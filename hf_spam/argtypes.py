@@ -5,34 +5,26 @@ from __future__ import annotations
 import argparse
 
 
-def positive_int(text: str) -> int:
+def _checked(text: str, parse, accept, expected: str):
     try:
-        value = int(text)
+        value = parse(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+        value = None
+    if value is None or not accept(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _checked(text, int, lambda v: v >= 1, "a whole number of at least 1")
 
 
 def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+    return _checked(text, float, lambda v: 0 < v < float("inf"), "a positive number")
 
 
 def port_number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a TCP port in 0-65535 (0: any free port), got {text!r}")
-    return value
+    return _checked(text, int, lambda v: 0 <= v <= 65535, "a TCP port in 0-65535 (0: any free port)")
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -16,7 +16,14 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
-from hf_spam.modeling import check_decoder, check_local_model_dir, is_gpt2, model_context, use_fused_gelu
+from hf_spam.modeling import (
+    check_decoder,
+    check_local_model_dir,
+    is_gpt2,
+    missing_local_path,
+    model_context,
+    use_fused_gelu,
+)
 from hf_spam.pooling import pool_padded, pooling_of
 from hf_spam.trainer import last_token_index
 from hf_spam.trunk_cache import FrozenTrunkTail, trunk_module
@@ -91,7 +98,7 @@ def check_model_location(model_dir: str) -> None:
     path = Path(model_dir)
     if path.is_file():
         raise NotADirectoryError(f"{model_dir} is a file; give the output directory of `hf-spam train` (or a Hub id)")
-    if not path.exists() and (path.is_absolute() or model_dir.startswith((".", "~")) or model_dir.count("/") > 1):
+    if missing_local_path(model_dir):
         raise FileNotFoundError(f"{model_dir}: no such directory; give the output directory of `hf-spam train`")
 
 

@@ -90,6 +90,15 @@ def check_local_model_dir(path: str | Path) -> None:
         raise UnsafeModelError(f"{config}: has an `auto_map` (custom code); hf_spam never runs remote code")
 
 
+def missing_local_path(name_or_path: str) -> bool:
+    """Not on disk, and written as a path (absolute, `./`, `~`, or more than one `/`), so not a Hub id either
+    (`name` or `user/name`): worth saying so before Hugging Face reports an invalid repository id."""
+    path = Path(name_or_path)
+    if path.exists():
+        return False
+    return path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
+
+
 def _hub_id(name_or_path: str) -> str:
     return HUB_IDS.get(name_or_path, name_or_path)
 

@@ -52,6 +52,7 @@ from hf_spam.modeling import (
     load_model,
     load_tokenizer,
     merge_lora,
+    missing_local_path,
     model_context,
     weights_fingerprint,
 )
@@ -348,11 +349,7 @@ def resolve_base_model(model_args, training_args, cache_dir: str | None) -> tupl
         raise ConfigError(
             f"model_name_or_path {name} is a file; give a model directory, a Hub id or {' or '.join(EMBEDDED)}"
         )
-    if (
-        name not in EMBEDDED
-        and not local.exists()
-        and (local.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1)
-    ):
+    if name not in EMBEDDED and not local.exists() and missing_local_path(name):
         raise ConfigError(f"model_name_or_path {name}: no such directory (and not a Hub id `user/name`)")
     needs_hub = (
         model_args.init == "pretrained"
