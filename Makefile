@@ -33,11 +33,14 @@ train: install
 smoke: install
 	HF_HUB_OFFLINE=1 $(BIN)/accelerate launch --config_file configs/accelerate/cpu.yaml --num_cpu_threads_per_process $$(nproc) hf_spam/train.py --config configs/tiny.yaml
 
+# One pytest worker per core, a test module's tests on one worker (its module-scoped fixtures built once).
+XDIST := -n auto --dist loadscope
+
 test: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" $(XDIST)
 
 test-all: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(XDIST)
 
 bench: install
 	$(BIN)/hf-spam bench --output bench.json

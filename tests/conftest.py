@@ -4,6 +4,11 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `make test` runs one pytest worker per core (pytest-xdist): each then computes with its share of the cores,
+# it and the processes it starts, or the workers' threads would fight over them (oversubscription).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // _WORKERS))
 
 from pathlib import Path  # noqa: E402
 
@@ -11,6 +16,11 @@ import pytest  # noqa: E402
 
 from hf_spam.data import bundled_data_file  # noqa: E402
 from hf_spam.modeling import bundled_tokenizer, load_model, load_tokenizer  # noqa: E402
+
+if _WORKERS > 1:
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_OVERRIDES = "n_layer=3,n_head=2,n_embd=16"

@@ -175,6 +175,11 @@ def test_training_from_the_cache_matches_training_without_it(family_dir, tokeniz
     changed = [n for n, w in plain_weights.items() if not torch.equal(w, _load(family_dir, tokenizer).state_dict()[n])]
     assert changed and all(n.startswith(("model.layers.3.", "model.norm.", "score.")) for n in changed)
     for name, weight in plain_weights.items():
+        # A key bias adds q.b to all of a query's scores, which the softmax ignores: its gradient is zero but
+        # for rounding, which differs between the two paths (and thread counts) and which Adam scales up to
+        # steps of the learning rate. Qwen2 has key biases.
+        if name.endswith("k_proj.bias"):
+            continue
         assert torch.allclose(weight, cached_weights[name], atol=1e-5), name
     assert torch.allclose(torch.as_tensor(plain_pred), torch.as_tensor(cached_pred), atol=1e-5)
 
