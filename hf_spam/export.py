@@ -28,7 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from hf_spam.modeling import is_gpt2
 from hf_spam.pooling import pool_padded, pooling_of
+from hf_spam.trunk_cache import last_block_at_last_tokens, split_c_attn, trunk_module
 
 logger = logging.getLogger(__name__)
 
@@ -48,16 +50,34 @@ class OnnxMissingError(RuntimeError):
     """The optional onnx packages are not installed."""
 
 
+C_ATTN_PARTS = ("query_weight", "query_bias", "key_value_weight", "key_value_bias")
+
+
 class PooledLogits(nn.Module):
     """The classifier as ONNX sees it: keyword inputs, no cache, the head applied at the last real token (or
-    pooled over the positions the model's `pooling` names)."""
+    pooled over the positions the model's `pooling` names).
+
+    GPT-2 reading the last token runs its final block there only, as `hf-spam predict` does: keys and values
+    for every token, the rest of the block for one token per row (`trunk_cache.last_block_at_last_tokens`).
+    """
 
     def __init__(self, model):
         super().__init__()
         self.model = model
         self.pooling = pooling_of(model.config)
+        self.trunk = None
+        if self.pooling == "last" and is_gpt2(model):
+            self.trunk = trunk_module(model, model.config.n_layer - 1)
+            for name, part in zip(C_ATTN_PARTS, split_c_attn(model.transformer.h[-1]), strict=True):
+                self.register_buffer(name, part.detach().clone(), persistent=False)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.trunk is not None:
+            hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
+            transformer = self.model.transformer
+            c_attn = tuple(getattr(self, name) for name in C_ATTN_PARTS)
+            last = last_block_at_last_tokens(transformer.h[-1], hidden, attention_mask, c_attn)
+            return self.model.score(transformer.ln_f(last))
         hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
         if self.pooling != "last":
             return pool_padded(self.model.score(hidden), attention_mask, self.pooling)

@@ -338,7 +338,7 @@ def last_block_at_ends(block: nn.Module, hidden_states: torch.Tensor, ends: torc
     """
     attn, ln_1 = block.attn, block.ln_1
     hidden = hidden_states.reshape(-1, hidden_states.shape[-1])  # the packed row: [tokens, n_embd]
-    dim, heads, head_dim = attn.embed_dim, attn.num_heads, attn.head_dim
+    dim = attn.embed_dim
     weight, bias = attn.c_attn.weight, attn.c_attn.bias  # Conv1D: x @ weight + bias, columns [query|key|value]
     if torch.is_grad_enabled() and not hidden.requires_grad:  # training from cached trunk states
         normed = F.layer_norm(hidden, ln_1.normalized_shape, eps=ln_1.eps)
@@ -352,8 +352,37 @@ def last_block_at_ends(block: nn.Module, hidden_states: torch.Tensor, ends: torc
     offsets = torch.arange(int(lengths.max()), device=ends.device)
     valid = offsets < lengths[:, None]
     index = torch.where(valid, starts[:, None] + offsets, ends[:, None])
-    n_messages, width = index.shape
-    key, value = key_value[index].view(n_messages, width, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
+    return _final_block_at_queries(block, hidden[ends], query, key_value[index], valid)
+
+
+def split_c_attn(block: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A GPT-2 block's `c_attn` as (query weight, query bias, key-value weight, key-value bias)."""
+    weight, bias, dim = block.attn.c_attn.weight, block.attn.c_attn.bias, block.attn.embed_dim
+    return weight[:, :dim], bias[:dim], weight[:, dim:], bias[dim:]
+
+
+def last_block_at_last_tokens(
+    block: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor, c_attn: tuple | None = None
+) -> torch.Tensor:
+    """`last_block_at_ends` for right-padded rows `[messages, length, n_embd]`: the block's output at each
+    row's last real token, `[messages, n_embd]`, with fixed-rank tensor operations only (what the ONNX export
+    of GPT-2 traces). `c_attn`: `split_c_attn(block)`, or those four tensors held as constants of their own
+    (an ONNX graph's int8 quantization converts a weight that is a constant, not a slice taken at run time)."""
+    ln_1 = block.ln_1
+    query_weight, query_bias, kv_weight, kv_bias = c_attn if c_attn is not None else split_c_attn(block)
+    at_last = hidden_states[torch.arange(hidden_states.shape[0]), attention_mask.sum(-1) - 1]
+    key_value = torch.matmul(ln_1(hidden_states), kv_weight) + kv_bias
+    query = torch.addmm(query_bias, ln_1(at_last), query_weight)
+    return _final_block_at_queries(block, at_last, query, key_value, attention_mask.bool())
+
+
+def _final_block_at_queries(block, residual, query, key_value, valid) -> torch.Tensor:
+    """The rest of a GPT-2 block for one query per message: attention over the message's keys and values
+    (`key_value` `[messages, width, 2 * n_embd]`, `valid` marks its real tokens), `c_proj`, residuals, MLP."""
+    attn = block.attn
+    dim, heads, head_dim = attn.embed_dim, attn.num_heads, attn.head_dim
+    n_messages, width = valid.shape
+    key, value = key_value.reshape(n_messages, width, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
     context = F.scaled_dot_product_attention(
         query.view(n_messages, heads, 1, head_dim),
         key,
@@ -362,7 +391,7 @@ def last_block_at_ends(block: nn.Module, hidden_states: torch.Tensor, ends: torc
         dropout_p=attn.attn_dropout.p if attn.training else 0.0,
         scale=attn.scaling,
     )
-    out = hidden[ends] + attn.resid_dropout(attn.c_proj(context.reshape(n_messages, dim)))
+    out = residual + attn.resid_dropout(attn.c_proj(context.reshape(n_messages, dim)))
     return out + block.mlp(block.ln_2(out))
 
 

@@ -151,7 +151,8 @@ def _texts(path):
 
 
 @pytest.mark.parametrize(
-    "pooling, causal_mask", [("mean", True), pytest.param("first", False, marks=pytest.mark.slow)]
+    "pooling, causal_mask",
+    [("mean", True), ("last", False), pytest.param("first", False, marks=pytest.mark.slow)],
 )
 def test_the_graph_pools_and_masks_as_the_saved_model_says(pooling, causal_mask, tokenizer, tmp_path):
     from hf_spam.modeling import load_model
@@ -165,5 +166,25 @@ def test_the_graph_pools_and_masks_as_the_saved_model_says(pooling, causal_mask,
     reference = classifier(model, tokenizer, batch_size=4).probabilities(MESSAGES)
     got = onnx_probabilities(tmp_path / "model.onnx", tokenizer, model.config, 3)(MESSAGES)
     np.testing.assert_allclose(got, reference, atol=1e-5)
-    model.config.hf_spam_pooling, model.config.is_causal = "last", True
+    model.config.hf_spam_pooling, model.config.is_causal = ("mean" if pooling == "last" else "last"), True
     assert not np.allclose(classifier(model, tokenizer, batch_size=4).probabilities(MESSAGES), reference, atol=1e-4)
+
+
+def test_gpt2_graph_runs_its_final_block_at_the_last_token_only(tokenizer):
+    from hf_spam.export import PooledLogits
+    from hf_spam.modeling import load_model
+
+    from .conftest import TINY_OVERRIDES
+
+    torch.manual_seed(0)
+    model = load_model("gpt2", tokenizer, init="random", config_overrides=TINY_OVERRIDES).eval()
+    seen = []
+    model.transformer.h[-1].mlp.register_forward_hook(lambda module, args, out: seen.append(args[0].shape))
+    model.transformer.h[0].mlp.register_forward_hook(lambda module, args, out: seen.append(args[0].shape))
+    batch = tokenizer(MESSAGES[:3], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = PooledLogits(model)(batch["input_ids"], batch["attention_mask"])
+        full = model(**batch).logits
+    np.testing.assert_allclose(logits.numpy(), full.numpy(), atol=1e-5)
+    # The exported forward first: the first block on every token, the final block's MLP on one per row.
+    assert seen[:2] == [(3, batch["input_ids"].shape[1], model.config.n_embd), (3, model.config.n_embd)]
