@@ -1,3 +1,4 @@
+import logging
 import os
 
 # Tests never touch the network: the Hub clients read these at import time.
@@ -30,6 +31,26 @@ TINY_OVERRIDES = "n_layer=3,n_head=2,n_embd=16"
 def _isolated_cache(tmp_path, monkeypatch):
     """Each test gets its own download and tokenization cache."""
     monkeypatch.setenv("HF_SPAM_CACHE", str(tmp_path / "hf_spam_cache"))
+
+
+@pytest.fixture(autouse=True)
+def _process_logging_restored():
+    """A command run in-process sets up logging for its process, as it should: a stderr handler on the root
+    logger, hf_spam's level, Transformers' verbosity. In pytest's one process that would outlive the test and
+    write into the stderr that later tests capture."""
+    import transformers
+
+    from hf_spam.train import _StderrHandler
+
+    root, ours = logging.getLogger(), logging.getLogger("hf_spam")
+    handlers, levels = set(root.handlers), (root.level, ours.level)
+    verbosity = transformers.utils.logging.get_verbosity()
+    yield
+    for handler in [h for h in root.handlers if h not in handlers and isinstance(h, _StderrHandler)]:
+        root.removeHandler(handler)
+    root.setLevel(levels[0])
+    ours.setLevel(levels[1])
+    transformers.utils.logging.set_verbosity(verbosity)
 
 
 @pytest.fixture(scope="session")
