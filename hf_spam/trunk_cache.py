@@ -338,14 +338,14 @@ def last_block_at_ends(block: nn.Module, hidden_states: torch.Tensor, ends: torc
     """
     attn, ln_1 = block.attn, block.ln_1
     hidden = hidden_states.reshape(-1, hidden_states.shape[-1])  # the packed row: [tokens, n_embd]
-    dim = attn.embed_dim
     weight, bias = attn.c_attn.weight, attn.c_attn.bias  # Conv1D: x @ weight + bias, columns [query|key|value]
     if torch.is_grad_enabled() and not hidden.requires_grad:  # training from cached trunk states
         normed = F.layer_norm(hidden, ln_1.normalized_shape, eps=ln_1.eps)
         query, key_value = _QueryAtEndsKeyValue.apply(normed, ends, ln_1.weight, ln_1.bias, weight, bias)
     else:
-        key_value = torch.addmm(bias[dim:], ln_1(hidden), weight[:, dim:])
-        query = torch.addmm(bias[:dim], ln_1(hidden[ends]), weight[:, :dim])
+        query_weight, query_bias, kv_weight, kv_bias = split_c_attn(block)
+        key_value = torch.addmm(kv_bias, ln_1(hidden), kv_weight)
+        query = torch.addmm(query_bias, ln_1(hidden[ends]), query_weight)
     # Gather each message's keys and values into a padded [messages, width] grid; the pads are masked.
     starts = torch.cat([ends.new_zeros(1), ends[:-1] + 1])
     lengths = ends - starts + 1
