@@ -233,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype",
         choices=["float32", "bfloat16", "int8"],
         default="float32",
-        help="torch: float32 or bfloat16 (about 2x faster on CPUs with AVX-512 BF16/AMX and on GPUs, not exact); "
+        help="torch: float32 or bfloat16 (about 2x faster on CPUs with AVX-512 BF16/AMX and on GPUs, not exact; "
+        "emulated, 60x slower, on CPUs without them); "
         "onnxruntime: float32 (onnx/model.onnx) or int8 (onnx/model_quantized.onnx).",
     )
 
@@ -251,7 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="Fail when int8 test accuracy is more than this many points below float32's (default 0.5).",
     )
-    export.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18).")
+    export.add_argument(
+        "--opset",
+        type=int,
+        default=None,
+        help="ONNX opset, 18 to 23 (default 23: one Attention and one Gelu op per layer, for ONNX Runtime >= 1.23; "
+        "18 for older runtimes).",
+    )
 
     serve = sub.add_parser("serve", help="An HTTP API (Hugging Face Inference API shape) and a page to try it.")
     serve.add_argument("--model", required=True, help="A directory written by `hf-spam train`.")

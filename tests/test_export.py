@@ -58,8 +58,34 @@ def test_every_decoder_exports_exactly_with_dynamic_batch_and_length(family, tok
         np.testing.assert_allclose(got, reference, atol=1e-5)
 
 
+def test_opset_23_runs_attention_and_gelu_as_one_op_each_and_opset_18_as_primitives(tiny_model, tokenizer, tmp_path):
+    import onnx
+
+    from hf_spam.export import quantize_int8
+
+    tiny_model.eval()
+    reference = classifier(tiny_model, tokenizer, batch_size=4).probabilities(MESSAGES)
+    layers = tiny_model.config.n_layer
+    for opset, fused in ((23, layers), (18, 0)):
+        path = tmp_path / f"opset{opset}.onnx"
+        export_graph(tiny_model, tokenizer, path, opset)
+        ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+        assert ops.count("Attention") == ops.count("Gelu") == fused, opset
+        assert ("Softmax" in ops) == (opset == 18)
+        np.testing.assert_allclose(
+            onnx_probabilities(path, tokenizer, tiny_model.config, 3)(MESSAGES), reference, atol=1e-5
+        )
+        # int8 leaves attention in float32 (ONNX Runtime's quantizer would write a QAttention that cannot load).
+        quantize_int8(path, tmp_path / f"opset{opset}_int8.onnx")
+        int8 = onnx_probabilities(tmp_path / f"opset{opset}_int8.onnx", tokenizer, tiny_model.config, 3)(MESSAGES)
+        assert int8.shape == reference.shape and np.isfinite(int8).all()
+
+
 def test_gpt2_export_writes_the_transformers_js_layout_and_predict_runs_it(saved, test_csv, capsys):
-    assert cli_main(["export", str(saved), "--quantize", "int8", "--test_file", test_csv]) == 0
+    # A random 3-block model scores near 0.5, where int8's rounding can flip one label of 60 (1.67 points):
+    # the accuracy budget has its own test below, so this one allows any drop.
+    args = ["export", str(saved), "--quantize", "int8", "--test_file", test_csv, "--max_accuracy_drop", "100"]
+    assert cli_main(args) == 0
     report = json.loads(capsys.readouterr().out)
     assert sorted(p.name for p in (saved / "onnx").iterdir()) == [
         "model.onnx",
