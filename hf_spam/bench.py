@@ -32,6 +32,7 @@ import torch
 
 from hf_spam.argtypes import ArgumentParser, positive_int
 from hf_spam.malloc import keep_freed_memory
+from hf_spam.modeling import cpu_has_bfloat16
 
 FULL = {
     "model_name_or_path": "gpt2",
@@ -148,14 +149,33 @@ def floor(settings: dict) -> dict:
     }
 
 
-def prediction_backends(model_dir: str, n_messages: int | None = None) -> dict:
+PREDICTION_BACKENDS = (
+    "torch_float32",
+    "torch_bfloat16",
+    "onnxruntime_float32",
+    "onnxruntime_int8",
+    "pipeline_one_at_a_time",
+    "pipeline_batch_64",
+)
+NO_NATIVE_BFLOAT16 = (
+    "this CPU has no bfloat16 matrix instructions (AVX-512 BF16, AMX or Arm BF16): torch emulates them, 60x "
+    "slower than float32 for gpt2-small on an AVX2 CPU (--backends torch_bfloat16 runs it anyway)"
+)
+
+
+def default_backends() -> list[str]:
+    return [name for name in PREDICTION_BACKENDS if name != "torch_bfloat16" or cpu_has_bfloat16()]
+
+
+def prediction_backends(model_dir: str, n_messages: int | None = None, backends: list[str] | None = None) -> dict:
     """Every way to classify with one trained model, timed on the same messages in this process.
 
     torch float32 (`hf-spam predict`, exact), torch bfloat16, ONNX Runtime float32 and int8 (`hf-spam export
     --quantize int8` first, into `model_dir/onnx`), and a plain `pipeline()` one message at a time and with
-    `batch_size=64`. Each is loaded and warmed up before its clock starts; each row gives messages/s over the
+    `batch_size=64`: `backends` of `PREDICTION_BACKENDS`, by default all but bfloat16 on a CPU without bfloat16
+    instructions. Each is loaded and warmed up before its clock starts; each row gives messages/s over the
     collection (or its first `n_messages`), label agreement with torch float32 there, and accuracy on the
-    model's test split.
+    model's test split. `matmul_rates` gives this CPU's float32 and int8 matrix-product rates beside them.
     """
     from transformers import AutoConfig, pipeline
 
@@ -164,10 +184,16 @@ def prediction_backends(model_dir: str, n_messages: int | None = None) -> dict:
     from hf_spam.inference import load_classifier
     from hf_spam.modeling import model_context
 
+    backends = default_backends() if backends is None else backends
+    unknown = sorted(set(backends) - set(PREDICTION_BACKENDS))
+    if unknown:
+        raise ValueError(f"backends: {', '.join(unknown)} unknown; choose from {', '.join(PREDICTION_BACKENDS)}")
     texts = [line.split("\t", 1)[1] for line in bundled_data_file().read_text(encoding="utf-8").splitlines()]
     texts = texts[:n_messages] if n_messages else texts
-    print("[bench] export to ONNX (float32, int8) ...", file=sys.stderr, flush=True)
-    verification = export(model_dir, quantize="int8")
+    verification = None
+    if any(name.startswith("onnxruntime") for name in backends):
+        print("[bench] export to ONNX (float32, int8) ...", file=sys.stderr, flush=True)
+        verification = export(model_dir, quantize="int8")
     config = AutoConfig.from_pretrained(model_dir)
     test_texts, test_labels, _ = verification_split(model_dir, config, None)
     max_length = model_context(config)
@@ -187,35 +213,90 @@ def prediction_backends(model_dir: str, n_messages: int | None = None) -> dict:
         "pipeline_one_at_a_time": lambda: plain_pipeline(None),
         "pipeline_batch_64": lambda: plain_pipeline(64),
     }
-    rows, reference = {}, None
-    for name, load in ways.items():
+    rows, labels = {}, {}
+    for name in [name for name in PREDICTION_BACKENDS if name in backends]:
         print(f"[bench] predict: {name} ...", file=sys.stderr, flush=True)
-        predict = load()
+        predict = ways[name]()
         predict(texts[:8])  # warm-up: lazy initialisation, first allocations
         start = time.perf_counter()
         answers = predict(texts)
         seconds = time.perf_counter() - start
-        labels = [a["label"] for a in answers]
-        reference = reference or labels
+        labels[name] = [a["label"] for a in answers]
         test_predictions = [config.label2id[a["label"]] for a in predict(test_texts)]
         rows[name] = {
             "seconds": round(seconds, 2),
             "msgs_per_s": round(len(texts) / seconds, 1),
-            "same_label_as_torch_float32": sum(a == b for a, b in zip(labels, reference, strict=True)),
             "test_accuracy": round(float((np.array(test_predictions) == test_labels).mean()), 4),
         }
         del predict
-    slowest = rows["pipeline_one_at_a_time"]["msgs_per_s"]
-    for row in rows.values():
-        row["speedup_over_pipeline_one_at_a_time"] = round(row["msgs_per_s"] / slowest, 2)
+    for name, row in rows.items():
+        if "torch_float32" in labels:
+            row["same_label_as_torch_float32"] = sum(
+                a == b for a, b in zip(labels[name], labels["torch_float32"], strict=True)
+            )
+        if "pipeline_one_at_a_time" in rows:
+            row["speedup_over_pipeline_one_at_a_time"] = round(
+                row["msgs_per_s"] / rows["pipeline_one_at_a_time"]["msgs_per_s"], 2
+            )
+    no_bfloat16 = not cpu_has_bfloat16()
+    skipped = {
+        name: NO_NATIVE_BFLOAT16 if name == "torch_bfloat16" and no_bfloat16 else "not asked for"
+        for name in PREDICTION_BACKENDS
+        if name not in backends
+    }
     return {
         "model_dir": model_dir,
         "messages": len(texts),
         "distinct_messages": len(set(texts)),
         "test_messages": len(test_texts),
         "onnx_verification": verification,
+        "matmul_rates": matmul_rates(),
         "rows": rows,
+        "skipped": skipped,
     }
+
+
+def matmul_rates(rows: int = 1600, inner: int = 768, columns: int = 3072, repeats: int = 10) -> dict:
+    """The CPU's matrix-product rates on one product the size of gpt2-small's MLP over a batch of 64 messages of
+    25 tokens: torch float32, ONNX Runtime float32 and ONNX Runtime int8 (the dynamic quantization `hf-spam
+    export` writes), in billions of multiply-adds x 2 per second, best of `repeats`. Where int8 is no faster
+    than float32 (AVX2 without VNNI), no int8 graph can be much faster than a float32 one."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from hf_spam.export import quantize_int8, session
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, inner, generator=generator)
+    w = torch.randn(inner, columns, generator=generator) * 0.02
+
+    def rate(run) -> float:
+        run()
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - start)
+        return round(2 * rows * inner * columns / best / 1e9, 1)
+
+    rates = {"shape": [rows, inner, columns], "torch_float32_gflops": rate(lambda: torch.matmul(x, w))}
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, inner])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, columns])],
+        [numpy_helper.from_array(w.numpy(), "w")],
+    )
+    feeds = {"x": x.numpy()}
+    with tempfile.TemporaryDirectory(prefix="hf_spam_matmul_") as tmp:
+        float_path, int8_path = Path(tmp) / "matmul.onnx", Path(tmp) / "matmul_int8.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(float_path))
+        quantize_int8(float_path, int8_path)
+        for name, path in (("onnxruntime_float32_gflops", float_path), ("onnxruntime_int8_gops", int8_path)):
+            run = session(path).run
+            rates[name] = rate(lambda run=run: run(None, feeds))
+    rates["int8_over_float32"] = round(rates["onnxruntime_int8_gops"] / rates["onnxruntime_float32_gflops"], 2)
+    return rates
 
 
 def machine() -> dict:
@@ -230,17 +311,32 @@ def machine() -> dict:
 
 
 def predict_table(predict: dict) -> str:
-    """The prediction rows as the README's markdown table."""
+    """The prediction rows as the README's markdown table, with the CPU's matrix-product rates under it."""
     lines = [
         f"{predict['messages']:,} messages ({predict['distinct_messages']:,} distinct), test split {predict['test_messages']}:",
         "| | seconds | messages/s | vs pipeline() one at a time | same label as torch float32 | test accuracy |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, row in predict["rows"].items():
-        lines.append(
-            f"| {name} | {row['seconds']} | {row['msgs_per_s']} | {row['speedup_over_pipeline_one_at_a_time']}x "
-            f"| {row['same_label_as_torch_float32']:,} of {predict['messages']:,} | {row['test_accuracy']:.4f} |"
+        speedup = (
+            f"{row['speedup_over_pipeline_one_at_a_time']}x" if "speedup_over_pipeline_one_at_a_time" in row else ""
         )
+        same = (
+            f"{row['same_label_as_torch_float32']:,} of {predict['messages']:,}"
+            if "same_label_as_torch_float32" in row
+            else ""
+        )
+        lines.append(
+            f"| {name} | {row['seconds']} | {row['msgs_per_s']} | {speedup} | {same} | {row['test_accuracy']:.4f} |"
+        )
+    for name, why in predict.get("skipped", {}).items():
+        lines.append(f"| {name} | skipped: {why} | | | | |")
+    rates = predict["matmul_rates"]
+    lines.append(
+        f"matrix product {' x '.join(map(str, rates['shape']))}: torch float32 {rates['torch_float32_gflops']} GFLOP/s, "
+        f"ONNX Runtime float32 {rates['onnxruntime_float32_gflops']} GFLOP/s, int8 {rates['onnxruntime_int8_gops']} "
+        f"GOP/s ({rates['int8_over_float32']}x float32)"
+    )
     return "\n".join(lines)
 
 
@@ -309,6 +405,14 @@ def bench(quick: bool, workdir: Path, repeats: int = 1, model: str | None = None
     return report
 
 
+def _backend_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in PREDICTION_BACKENDS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"expected names among {','.join(PREDICTION_BACKENDS)}, got {text!r}")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="hf-spam bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="A tiny model and 1 epoch: under a minute, for CI.")
@@ -333,6 +437,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="With --predict: time the first N messages of the collection.",
     )
+    parser.add_argument(
+        "--backends",
+        type=_backend_list,
+        default=None,
+        help=f"With --predict: comma-separated rows of {','.join(PREDICTION_BACKENDS)} (default: all, but "
+        "torch_bfloat16 only on CPUs with bfloat16 instructions).",
+    )
     parser.add_argument("--workdir", type=Path, help="Where runs write (default: a temporary directory).")
     parser.add_argument("--output", type=Path, help="Also write the JSON report here.")
     parser.add_argument("--_variant", help=argparse.SUPPRESS)
@@ -349,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         from safetensors import SafetensorError
 
         try:
-            predict = prediction_backends(args.predict, args.messages)
+            predict = prediction_backends(args.predict, args.messages, args.backends)
         except (ValueError, OSError, SafetensorError, RuntimeError) as err:  # as `hf-spam predict` reports them
             message = str(err) if args.predict in str(err) else f"{args.predict}: {err}"
             print(f"hf-spam bench: {message}", file=sys.stderr)

@@ -23,6 +23,7 @@ from hf_spam.modeling import (
     missing_local_path,
     model_context,
     use_fused_gelu,
+    warn_if_bfloat16_is_emulated,
 )
 from hf_spam.pooling import pool_padded, pooling_of
 from hf_spam.trainer import last_token_index
@@ -130,6 +131,8 @@ def classifier(
     """`load_classifier`'s function for a model already in memory (put in eval mode), on its device."""
     torch_dtype = _torch_dtype(dtype)
     model.eval()
+    if torch_dtype == torch.bfloat16:
+        warn_if_bfloat16_is_emulated(model.device, "Prediction")
 
     def forward(batch: dict[str, torch.Tensor]) -> np.ndarray:
         autocast = torch.autocast(model.device.type, dtype=torch_dtype, enabled=torch_dtype != torch.float32)

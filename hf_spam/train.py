@@ -54,6 +54,7 @@ from hf_spam.modeling import (
     merge_lora,
     missing_local_path,
     model_context,
+    warn_if_bfloat16_is_emulated,
     weights_fingerprint,
 )
 from hf_spam.plots import plot_accuracy, plot_confusion_matrix, plot_loss
@@ -172,6 +173,8 @@ def main(argv: list[str] | None = None) -> dict:
             n_frozen,
         )
         model.to(training_args.device)
+        if training_args.trunk_dtype == "bfloat16":
+            warn_if_bfloat16_is_emulated(training_args.device, "The frozen-trunk pass")
         with training_args.main_process_first(desc="frozen trunk pass"):
             features = trunk_features(
                 model,

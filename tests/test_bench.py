@@ -4,11 +4,13 @@ import statistics
 
 import pytest
 
-from hf_spam.bench import bench
+from hf_spam.bench import NO_NATIVE_BFLOAT16, PREDICTION_BACKENDS, bench
+from hf_spam.modeling import cpu_has_bfloat16
 
-pytestmark = pytest.mark.slow  # about a minute and a half: five trainings and three prediction passes
+from .conftest import ROOT
 
 
+@pytest.mark.slow  # about a minute and a half: five trainings and the prediction rows
 def test_quick_bench_reports_what_it_measured(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     report = bench(quick=True, workdir=tmp_path, repeats=2)
@@ -28,10 +30,12 @@ def test_quick_bench_reports_what_it_measured(tmp_path, monkeypatch):
     assert report["b_vs_c"]["identical_labels"] == report["b_vs_c"]["test_messages"]
     predict = report["predict"]
     assert predict["messages"] == 300
-    assert set(predict["rows"]) == {
-        "torch_float32", "torch_bfloat16", "onnxruntime_float32", "onnxruntime_int8",
-        "pipeline_one_at_a_time", "pipeline_batch_64",
-    }  # fmt: skip
+    # Every row, but bfloat16 only where the CPU has bfloat16 instructions (and the report says why not).
+    expected = [name for name in PREDICTION_BACKENDS if name != "torch_bfloat16" or cpu_has_bfloat16()]
+    assert list(predict["rows"]) == expected
+    assert predict["skipped"] == ({} if cpu_has_bfloat16() else {"torch_bfloat16": NO_NATIVE_BFLOAT16})
+    rates = predict["matmul_rates"]
+    assert rates["onnxruntime_int8_gops"] > 0 and rates["torch_float32_gflops"] > 0
     rows = predict["rows"]
     assert rows["torch_float32"]["same_label_as_torch_float32"] == 300
     # Exact backends: the same labels as torch float32, hence the same test accuracy.
@@ -40,3 +44,59 @@ def test_quick_bench_reports_what_it_measured(tmp_path, monkeypatch):
         assert rows[name]["test_accuracy"] == rows["torch_float32"]["test_accuracy"], name
     assert predict["onnx_verification"]["float32"]["max_score_difference"] <= 1e-4
     assert rows["pipeline_one_at_a_time"]["speedup_over_pipeline_one_at_a_time"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "cpuinfo, native",
+    [
+        ("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n", False),  # AVX2 only (AMD EPYC Zen 1 here)
+        ("flags\t\t: avx2 avx512f avx512_bf16 avx512_vnni\n", True),
+        ("flags\t\t: avx2 avx512f amx_bf16 amx_tile amx_int8\n", True),
+        ("Features\t: fp asimd bf16 i8mm\n", True),  # Arm
+        ("Features\t: fp asimd\n", False),
+        ("", True),  # nothing reported: run the row and let it show
+    ],
+)
+def test_bfloat16_row_runs_only_where_the_cpu_has_bfloat16_instructions(cpuinfo, native):
+    assert cpu_has_bfloat16(cpuinfo) is native
+
+
+def test_matmul_rates_compare_float32_and_int8_on_one_product():
+    from hf_spam.bench import matmul_rates
+
+    pytest.importorskip("onnxruntime")
+    rates = matmul_rates(rows=64, inner=32, columns=48, repeats=2)
+    assert rates["shape"] == [64, 32, 48]
+    assert min(rates["torch_float32_gflops"], rates["onnxruntime_float32_gflops"], rates["onnxruntime_int8_gops"]) > 0
+    assert rates["int8_over_float32"] == round(rates["onnxruntime_int8_gops"] / rates["onnxruntime_float32_gflops"], 2)
+
+
+def test_an_unknown_prediction_row_is_one_line_and_exit_2(capsys):
+    from hf_spam.bench import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--predict", "outputs/x", "--backends", "torch_float32,tensorrt"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "tensorrt" in err and "onnxruntime_int8" in err
+
+
+@pytest.mark.slow  # a training, an export and three prediction passes
+def test_prediction_rows_asked_for_run_and_the_others_are_said_skipped(tmp_path):
+    from hf_spam.bench import prediction_backends
+    from hf_spam.train import main
+
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "out"
+    main(
+        ["--config", str(ROOT / "configs" / "tiny.yaml"), "--output_dir", str(out), "--num_train_epochs", "1",
+         "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true"]
+    )  # fmt: skip
+    report = prediction_backends(str(out), 30, ["pipeline_one_at_a_time", "onnxruntime_int8"])
+    assert list(report["rows"]) == ["onnxruntime_int8", "pipeline_one_at_a_time"]  # the table's own order
+    assert report["messages"] == 30 and report["onnx_verification"]["int8"]["file"] == "model_quantized.onnx"
+    assert report["rows"]["pipeline_one_at_a_time"]["speedup_over_pipeline_one_at_a_time"] == 1.0
+    # No torch float32 row: nothing to agree with.
+    assert all("same_label_as_torch_float32" not in row for row in report["rows"].values())
+    assert set(report["skipped"]) == {"torch_float32", "torch_bfloat16", "onnxruntime_float32", "pipeline_batch_64"}
+    assert report["skipped"]["torch_float32"] == "not asked for"

@@ -82,6 +82,19 @@ def test_bfloat16_is_close_to_float32_but_not_exact(saved):
     assert fast_spam != exact_spam  # the matrix products really ran in bfloat16
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bfloat16_on_a_cpu_that_would_emulate_it_says_so(saved, native, monkeypatch, caplog):
+    from hf_spam import modeling
+
+    monkeypatch.setattr(modeling, "cpu_has_bfloat16", lambda: native)
+    with caplog.at_level("WARNING", logger="hf_spam.modeling"):
+        load_classifier(saved, dtype="bfloat16")
+        load_classifier(saved)  # float32 never warns
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == (0 if native else 1)
+    assert native or "no bfloat16 instructions" in warnings[0] and warnings[0].startswith("Prediction in bfloat16")
+
+
 def test_unknown_dtype_is_refused(saved):
     with pytest.raises(ValueError, match="dtype"):
         load_classifier(saved, dtype="float16")
