@@ -180,10 +180,11 @@ def prediction_backends(model_dir: str, n_messages: int | None = None, backends:
     from transformers import AutoConfig, pipeline
 
     from hf_spam.data import bundled_data_file
-    from hf_spam.export import export, verification_split
+    from hf_spam.export import export, require_onnx, verification_split
     from hf_spam.inference import load_classifier
     from hf_spam.modeling import model_context
 
+    require_onnx()  # `matmul_rates` runs ONNX Runtime whichever rows are asked for: say so before any row runs
     backends = default_backends() if backends is None else backends
     unknown = sorted(set(backends) - set(PREDICTION_BACKENDS))
     if unknown:

@@ -81,6 +81,17 @@ def test_an_unknown_prediction_row_is_one_line_and_exit_2(capsys):
     assert len(err.strip().splitlines()) == 1 and "tensorrt" in err and "onnxruntime_int8" in err
 
 
+def test_without_the_onnx_extra_the_prediction_bench_says_so_before_any_row(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from hf_spam.bench import main
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    assert main(["--predict", str(tmp_path), "--backends", "torch_float32"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "needs the onnx extra" in err
+
+
 @pytest.mark.slow  # a training, an export and three prediction passes
 def test_prediction_rows_asked_for_run_and_the_others_are_said_skipped(tmp_path):
     from hf_spam.bench import prediction_backends
