@@ -57,6 +57,14 @@ class ModelArguments:
             "hf_spam when init is random."
         },
     )
+    append_eos: bool = field(
+        default=False,
+        metadata={
+            "help": "The tokenizer appends its EOS token to every message (saved with it, so pipeline() does too): "
+            "the last real token, which the loss and pipeline() read, is then one learned end-of-message token. "
+            "Padding moves to another special token; a tokenizer without one (GPT-2's) cannot do this."
+        },
+    )
     trainable: str = field(
         default="last_block",
         metadata={

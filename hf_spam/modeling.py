@@ -122,8 +122,13 @@ def bundled_tokenizer() -> GPT2Tokenizer:
     return GPT2Tokenizer(vocab=vocab, merges=merges, model_max_length=1024, split_special_tokens=True)
 
 
-def load_tokenizer(name_or_path: str | None = None, use_bundled: bool = False):
+def load_tokenizer(name_or_path: str | None = None, use_bundled: bool = False, append_eos: bool = False):
     """The model's tokenizer configured for classification: right padding, a pad token no text can produce.
+
+    `append_eos=True` makes the tokenizer's post-processor end every message with its EOS token. The setting is
+    saved in `tokenizer.json`, so `pipeline()` appends it too, and the last real token (the one the loss and the
+    model's own pooling read) is the same learned end-of-message token after every text, as in the original GPT
+    fine-tuning. The pad token then moves to another special token (`pad_token_for`).
 
     `split_special_tokens=True` is stored in the tokenizer config, so that every later user of the saved
     tokenizer, `pipeline()` included, tokenizes a literal special-token string in a message ("<|endoftext|>",
@@ -141,7 +146,19 @@ def load_tokenizer(name_or_path: str | None = None, use_bundled: bool = False):
                 raise
             raise _unreachable("tokenizer", name_or_path, err) from err
     tokenizer.split_special_tokens = True
-    tokenizer.pad_token = pad_token_for(tokenizer)
+    if append_eos:
+        if tokenizer.eos_token is None or not hasattr(type(tokenizer), "add_eos_token"):
+            raise ModelConfigError(f"append_eos: tokenizer {tokenizer.name_or_path} has no EOS token to append")
+        tokenizer.add_eos_token = True
+    try:
+        tokenizer.pad_token = pad_token_for(tokenizer)
+    except ValueError as err:
+        if not append_eos:
+            raise
+        raise ModelConfigError(
+            f"append_eos: tokenizer {tokenizer.name_or_path or 'gpt2'} has no special token besides its EOS "
+            f"({tokenizer.eos_token}) to pad with; leave append_eos off for it"
+        ) from err
     tokenizer.padding_side = "right"
     return tokenizer
 

@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = load_tokenizer(
         model_args.tokenizer_name_or_path or model_path,
         use_bundled=model_args.init == "random" and model_path in SHAPES and model_args.tokenizer_name_or_path is None,
+        append_eos=model_args.append_eos,
     )
     with training_args.main_process_first(desc="preparing the data"):
         splits, report = load_splits(data_args, training_args.seed)
