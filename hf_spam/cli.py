@@ -192,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "baseline", help="Char TF-IDF + logistic regression on the same splits (`hf-spam baseline --help`)."
     )
+    sub.add_parser("cv", help="Cross-validate a training recipe against baselines (`hf-spam cv --help`).")
     sub.add_parser("bench", help="Time the book's loop, plain Trainer and hf_spam (see `hf-spam bench --help`).")
     sub.add_parser("experiments", help="The book's table of chapter 6 experiments (`hf-spam experiments --help`).")
     sub.add_parser("loadtest", help="Load `hf-spam serve` on loopback (see `hf-spam loadtest --help`).")
@@ -294,6 +295,10 @@ def main(argv: list[str] | None = None) -> int:
         from hf_spam.baseline import main as baseline_main
 
         return baseline_main(argv[1:])
+    if argv[:1] == ["cv"]:
+        from hf_spam.cv import main as cv_main
+
+        return cv_main(argv[1:])
     if argv[:1] == ["bench"]:
         from hf_spam.bench import main as bench_main
 

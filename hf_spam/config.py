@@ -57,6 +57,14 @@ class ModelArguments:
             "hf_spam when init is random."
         },
     )
+    keep_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Keep only the first K decoder layers (then the final norm and the head): a shallower, faster "
+            "model whose middle layers may classify as well as the last. trainable counts from the new top "
+            "(last_block trains layer K). The saved model is an ordinary one with K layers. Unset: all layers."
+        },
+    )
     append_eos: bool = field(
         default=False,
         metadata={
@@ -122,6 +130,8 @@ class ModelArguments:
             raise ValueError(f"lora_alpha must be positive, got {self.lora_alpha}")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.keep_layers is not None and self.keep_layers < 1:
+            raise ValueError(f"keep_layers must be at least 1 (or left out for every layer), got {self.keep_layers}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 

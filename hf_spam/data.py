@@ -354,6 +354,31 @@ def stratified_split(labels: np.ndarray, ratios: list[float], seed: int) -> dict
     return {"train": train, "validation": val, "test": test}
 
 
+def read_sms_spam(
+    data_file: str | None = None,
+    cache_dir: str | None = None,
+    urls: list[str] | None = None,
+    download_timeout: float = 30.0,
+    lenient: bool = False,
+    balance: str = "undersample",
+    allow_bundled: bool = True,
+) -> tuple[dict[str, tuple[list[str], list[int]]], DataReport]:
+    """The SMS Spam Collection (or a file in its format), obtained, verified and parsed: `{"train": (texts,
+    labels)}` before dedupe, and the report that the later steps fill."""
+    source, path = obtain_data_file(data_file, cache_dir, urls, download_timeout, allow_bundled)
+    texts, labels, skipped = parse_data_file(path, lenient=lenient)
+    report = DataReport(
+        source=source,
+        path=str(path),
+        sha256=sha256_of(path),
+        rows=len(texts),
+        labels={name: labels.count(i) for i, name in enumerate(LABELS)},
+        skipped=skipped,
+        balance=balance,
+    )
+    return {"train": (texts, labels)}, report
+
+
 def load_sms_spam(
     data_file: str | None = None,
     cache_dir: str | None = None,
@@ -372,25 +397,13 @@ def load_sms_spam(
     With `keep_held_out`, the splits also hold `held_out`: the distinct messages that balancing left out
     (on the SMS data, 3,865 ham), for evaluation at the natural spam rate only.
     """
-    source, path = obtain_data_file(data_file, cache_dir, urls, download_timeout, allow_bundled)
-    texts, labels, skipped = parse_data_file(path, lenient=lenient)
-    report = DataReport(
-        source=source,
-        path=str(path),
-        sha256=sha256_of(path),
-        rows=len(texts),
-        labels={name: labels.count(i) for i, name in enumerate(LABELS)},
-        skipped=skipped,
-        balance=balance,
-    )
-    splits = prepare_splits(
-        {"train": (texts, labels)}, report, dedupe_texts, balance, split_ratios, seed, keep_held_out
-    )
+    given, report = read_sms_spam(data_file, cache_dir, urls, download_timeout, lenient, balance, allow_bundled)
+    splits = prepare_splits(given, report, dedupe_texts, balance, split_ratios, seed, keep_held_out)
     logger.info("SMS Spam Collection: %s", json.dumps(report.to_dict()))
     return splits, report
 
 
-def load_data(
+def read_data(
     dataset_name: str | None = None,
     dataset_config_name: str | None = None,
     dataset_revision: str | None = None,
@@ -401,25 +414,14 @@ def load_data(
     label_column: str | None = None,
     spam_label: str | None = None,
     lenient: bool = False,
-    dedupe_texts: bool = True,
     balance: str = "undersample",
-    split_ratios: tuple[float, float, float] = (0.7, 0.1, 0.2),
-    seed: int = 123,
-    keep_held_out: bool = False,
     **sms_options,
-) -> tuple[DatasetDict, DataReport]:
-    """Any source: a Hub dataset, local files, else the SMS Spam Collection (`load_sms_spam`, given
-    `sms_options`), through the same dedupe -> balance -> split pipeline."""
+) -> tuple[dict[str, tuple[list[str], list[int]]], DataReport]:
+    """Any source, read and checked: a Hub dataset, local files, else the SMS Spam Collection
+    (`read_sms_spam`, given `sms_options`). Returns `{split: (texts, labels)}` as given (before dedupe) and the
+    report."""
     if dataset_name is None and train_file is None and validation_file is None and test_file is None:
-        return load_sms_spam(
-            lenient=lenient,
-            dedupe_texts=dedupe_texts,
-            balance=balance,
-            split_ratios=split_ratios,
-            seed=seed,
-            keep_held_out=keep_held_out,
-            **sms_options,
-        )
+        return read_sms_spam(lenient=lenient, balance=balance, **sms_options)
     from hf_spam.sources import SourceError, read_user_data
 
     if sms_options.get("data_file") is not None:
@@ -443,9 +445,32 @@ def load_data(
         label_names=rows.label_names,
         classes=rows.classes,
     )
-    splits = prepare_splits(rows.splits, report, dedupe_texts, balance, split_ratios, seed, keep_held_out)
+    return rows.splits, report
+
+
+def load_data(
+    dedupe_texts: bool = True,
+    balance: str = "undersample",
+    split_ratios: tuple[float, float, float] = (0.7, 0.1, 0.2),
+    seed: int = 123,
+    keep_held_out: bool = False,
+    **source,
+) -> tuple[DatasetDict, DataReport]:
+    """Any source (`read_data`, given `source`) through the same dedupe -> balance -> split pipeline."""
+    given, report = read_data(balance=balance, **source)
+    splits = prepare_splits(given, report, dedupe_texts, balance, split_ratios, seed, keep_held_out)
     logger.info("Data: %s", json.dumps(report.to_dict()))
     return splits, report
+
+
+def distinct_rows(given: dict[str, tuple[list[str], list[int]]], report: DataReport) -> tuple[list[str], list[int]]:
+    """Every split's rows pooled, each exact text once (its first occurrence, in train, validation, test
+    order), counted into `report`: what `hf-spam cv` folds."""
+    texts = [text for split in SPLITS if split in given for text in given[split][0]]
+    labels = [label for split in SPLITS if split in given for label in given[split][1]]
+    kept_texts, kept_labels, conflicts = dedupe(texts, labels)
+    report.duplicates_removed, report.conflicting_duplicates = len(texts) - len(kept_texts), conflicts
+    return kept_texts, kept_labels
 
 
 def prepare_splits(

@@ -81,3 +81,69 @@ def at_spam_rate(test: dict, held_out: dict, spam_rate: float) -> dict:
         "recall_95ci": list(wilson_interval(tp, spam)),
         "precision": recall * spam_rate / flagged if flagged else None,
     }
+
+
+# The false-positive budgets a real SMS filter works at: recall is reported at each.
+FPR_BUDGETS = (0.001, 0.005, 0.01)
+
+
+def spam_score_metrics(labels, scores, threshold: float = 0.5) -> dict:
+    """Everything a spam probability per message says against the truth (1 = spam): accuracy, precision, recall
+    and F1 when flagging at `threshold`, with Wilson 95% intervals; average precision (PR AUC) and ROC AUC; and,
+    for each budget of `FPR_BUDGETS`, the recall at the lowest threshold that flags at most that share of ham."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    y, s = np.asarray(labels, dtype=int), np.asarray(scores, dtype=np.float64)
+    flagged = s >= threshold
+    tp, fp = int((flagged & (y == 1)).sum()), int((flagged & (y == 0)).sum())
+    fn, tn = int((~flagged & (y == 1)).sum()), int((~flagged & (y == 0)).sum())
+    precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+    both = len(set(y.tolist())) == 2
+    return {
+        "examples": len(y),
+        "threshold": threshold,
+        "accuracy": (tp + tn) / max(len(y), 1),
+        "accuracy_95ci": list(wilson_interval(tp + tn, len(y))),
+        "precision": precision,
+        "precision_95ci": list(wilson_interval(tp, tp + fp)),
+        "recall": recall,
+        "recall_95ci": list(wilson_interval(tp, tp + fn)),
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "tn": tn,
+        "fp": fp,
+        "fn": fn,
+        "tp": tp,
+        "average_precision": float(average_precision_score(y, s)) if both else None,
+        "roc_auc": float(roc_auc_score(y, s)) if both else None,
+        "at_fpr": {f"{budget:g}": recall_at_fpr(y, s, budget) for budget in FPR_BUDGETS},
+    }
+
+
+def recall_at_fpr(labels, scores, max_fpr: float) -> dict:
+    """The most spam caught while at most `max_fpr` of the ham is flagged: the threshold (flag when the score is
+    at least it; `None` when no threshold flags anything at that budget), recall with its Wilson interval, and
+    the false positives it costs."""
+    y, s = np.asarray(labels, dtype=int), np.asarray(scores, dtype=np.float64)
+    ham, spam = np.sort(s[y == 0])[::-1], s[y == 1]
+    allowed = int(np.floor(max_fpr * len(ham) + 1e-9))  # ham that may be flagged
+    # Flag at scores strictly above the first ham that must stay unflagged (ties with it stay unflagged too).
+    if allowed >= len(ham):
+        threshold = float(min(s.min(), 0.0)) if len(s) else 0.0
+        flagged_spam = spam >= threshold
+        flagged_ham = len(ham)
+    else:
+        limit = ham[allowed]
+        above = s[s > limit]
+        threshold = float(above.min()) if len(above) else None
+        flagged_spam = spam > limit
+        flagged_ham = int((ham > limit).sum())
+    tp = int(flagged_spam.sum())
+    return {
+        "max_fpr": max_fpr,
+        "threshold": threshold,
+        "recall": tp / max(len(spam), 1),
+        "recall_95ci": list(wilson_interval(tp, len(spam))),
+        "spam_caught": tp,
+        "false_positives": flagged_ham,
+        "false_positive_rate": flagged_ham / max(len(ham), 1),
+    }

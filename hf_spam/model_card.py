@@ -81,6 +81,11 @@ class SpamModelCardData:
     pooling: str = "last"
     causal_mask: bool = True
     lora: dict[str, Any] | None = None
+    # `keep_layers`: the decoder layers kept, and how many the base model has.
+    kept_layers: int | None = None
+    base_layers: int | None = None
+    # The run's plots beside the card (file -> caption), embedded so that they render on the Hub page.
+    figures: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_run(
@@ -95,6 +100,7 @@ class SpamModelCardData:
         trunk_cache: bool,
         tokenizer=None,
         weights_source: dict | None = None,
+        base_layers: int | None = None,
     ) -> SpamModelCardData:
         """Everything known before training starts; `metrics` are set after the final evaluation.
 
@@ -129,6 +135,8 @@ class SpamModelCardData:
             else None,
             pad_token=tokenizer.pad_token if tokenizer is not None else "<|endoftext|>",
             weights_source=weights_source,
+            kept_layers=model_args.keep_layers,
+            base_layers=base_layers,
         )
 
     @property

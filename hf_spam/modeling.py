@@ -401,6 +401,26 @@ def decoder_parts(model: PreTrainedModel) -> DecoderParts:
     return DecoderParts(base, children[lists[0]][0], after[0])
 
 
+def keep_layers(model: PreTrainedModel, k: int) -> PreTrainedModel:
+    """Keep the first `k` decoder layers, then the final norm and the head: the layers above `k` are dropped.
+
+    The result is an ordinary, shallower `*ForSequenceClassification` (`num_hidden_layers` / `n_layer` = `k`,
+    per-layer settings such as `layer_types` cut to match) that saves and reloads as one, `pipeline()` included.
+    """
+    parts = decoder_parts(model)
+    n = len(parts.layers)
+    if not 1 <= k <= n:
+        raise ModelConfigError(f"keep_layers: {model.config.model_type} has {n} layers; give a number from 1 to {n}")
+    if k == n:
+        return model
+    setattr(parts.base, parts.layers_name, nn.ModuleList(list(parts.layers)[:k]))
+    model.config.num_hidden_layers = k
+    if isinstance(getattr(model.config, "layer_types", None), list):
+        model.config.layer_types = model.config.layer_types[:k]
+    logger.info("Kept the first %d of %d decoder layers", k, n)
+    return model
+
+
 def is_gpt2(model: PreTrainedModel) -> bool:
     """GPT-2 keeps its fast paths (last-token final block, fused GELU); every other decoder takes the generic."""
     return isinstance(model, GPT2ForSequenceClassification)

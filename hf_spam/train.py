@@ -8,6 +8,7 @@ hf-spam train --config configs/gpt2-small.yaml --num_train_epochs 1
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import logging
@@ -19,8 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
+from datasets import DatasetDict
 from transformers import DataCollatorWithPadding, set_seed
 
+from hf_spam.baseline import tfidf_baseline
 from hf_spam.checkpoints import CheckpointError, StopOnSigterm, resolve_resume
 from hf_spam.config import ConfigError, parse_args
 from hf_spam.data import (
@@ -49,6 +52,7 @@ from hf_spam.modeling import (
     add_lora,
     freeze,
     is_lora,
+    keep_layers,
     load_model,
     load_tokenizer,
     merge_lora,
@@ -84,6 +88,12 @@ USER_ERRORS = (
 
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_args(argv)
+    return train(model_args, data_args, training_args)
+
+
+def train(model_args, data_args, training_args, data: tuple | None = None) -> dict:
+    """The run itself, from parsed arguments. `data`: splits already made (`(DatasetDict, DataReport)`, as
+    `hf-spam cv` makes each fold's) instead of the data stage."""
     keep_freed_memory()
 
     # hf_spam reports what it does (data source, cache, parameter counts) at INFO on the main process;
@@ -129,8 +139,11 @@ def main(argv: list[str] | None = None) -> dict:
         use_bundled=model_args.init == "random" and model_path in SHAPES and model_args.tokenizer_name_or_path is None,
         append_eos=model_args.append_eos,
     )
-    with training_args.main_process_first(desc="preparing the data"):
-        splits, report = load_splits(data_args, training_args.seed)
+    if data is None:
+        with training_args.main_process_first(desc="preparing the data"):
+            data = load_splits(data_args, training_args.seed)
+    splits, report = data
+    splits = DatasetDict(splits)  # popping held_out below leaves the caller's splits whole
     held_out = splits.pop("held_out", None)
     if not report.is_binary and training_args.max_fpr is not None:
         raise ConfigError(
@@ -150,6 +163,9 @@ def main(argv: list[str] | None = None) -> dict:
         pooling=model_args.pooling,
         causal_mask=model_args.causal_mask,
     )
+    base_layers = model.config.num_hidden_layers
+    if model_args.keep_layers is not None:
+        model = keep_layers(model, model_args.keep_layers)
     if model_args.trainable == "lora":
         model = add_lora(
             model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.lora_target_modules
@@ -191,8 +207,11 @@ def main(argv: list[str] | None = None) -> dict:
         logger.info("Frozen-trunk cache off: %s", why_not)
         features, train_model, collator = tokenized, model, DataCollatorWithPadding(tokenizer)
     # Padded evaluation batches are formed in length order: less padding, the same metrics. (Packed trunk
-    # states have no padding to save.)
-    eval_features = features if n_frozen else {split: length_sorted(features[split]) for split in features}
+    # states have no padding to save.) `orders` maps the predictions back to the splits' own order.
+    orders = {split: length_order(features[split]) if not n_frozen else None for split in features}
+    eval_features = {
+        split: features[split].select(orders[split]) if orders[split] else features[split] for split in features
+    }
 
     card = SpamModelCardData.from_run(
         model_args,
@@ -204,6 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
         trunk_cache=n_frozen > 0,
         tokenizer=tokenizer,
         weights_source=weights_source,
+        base_layers=base_layers,
     )
     if push_to_hub:
         card.model_id = training_args.hub_model_id or Path(training_args.output_dir).name
@@ -234,7 +254,13 @@ def main(argv: list[str] | None = None) -> dict:
         model = merged_into_trainer(trainer, model, model_args.save_adapter)
 
     # ---- evaluate ----
-    results = {split: evaluate_split(trainer, eval_features[split], split, report.classes) for split in SPLITS}
+    results, probabilities = {}, {}
+    for split in SPLITS:
+        results[split], probabilities[split] = evaluate_split(
+            trainer, eval_features[split], split, report.classes, orders[split]
+        )
+    # The bar the language model must clear, fitted and scored on the same splits.
+    results["tfidf"] = tfidf_baseline(splits, training_args.seed)
     if training_args.max_fpr is not None:
         # Saved in config.json with the model: `hf-spam predict` and every metric below then use it.
         model.config.spam_threshold, results["threshold"] = decision_threshold(
@@ -266,10 +292,11 @@ def main(argv: list[str] | None = None) -> dict:
         plot_loss(trainer.state.log_history, examples_per_step * training_args.world_size, output_dir / "loss.png")
         plot_accuracy(trainer.state.log_history, output_dir / "accuracy.png", "spam" if report.is_binary else "macro")
         plot_confusion_matrix(results["test"]["confusion_matrix"], output_dir / "confusion_matrix.png", report.classes)
-        card.metrics = results
+        card.metrics, card.figures = results, dict(FIGURES)
         write_model_card(output_dir, card)
         summary["model_card"] = dataclasses.asdict(card)  # lets `hf-spam push` re-render it for a repo id
         (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_predictions(output_dir / "test_predictions.csv", splits["test"], probabilities["test"], model.config)
         print(metrics_table(results, report.classes))
         # The trained model in memory, not a reload of output_dir: a second copy would be the run's peak memory.
         for text, prediction in zip(BOOK_EXAMPLES, classifier(model, tokenizer)(BOOK_EXAMPLES), strict=True):
@@ -278,6 +305,14 @@ def main(argv: list[str] | None = None) -> dict:
             url = push_output_dir(output_dir, card.model_id, private=training_args.hub_private_repo, token=hub_token)
             logger.info("Pushed %s to %s", output_dir, url)
     return summary
+
+
+# The plots every run writes beside its model card, which embeds them.
+FIGURES = {
+    "loss.png": "Training and validation loss",
+    "accuracy.png": "Training and validation accuracy",
+    "confusion_matrix.png": "Confusion matrix on the test split",
+}
 
 
 def merged_into_trainer(trainer, model, save_adapter: bool):
@@ -387,17 +422,40 @@ def resolve_base_model(model_args, training_args, cache_dir: str | None) -> tupl
     return path, read_source(path)
 
 
-def evaluate_split(trainer, features, split: str, classes: list[str]) -> dict:
+def evaluate_split(
+    trainer, features, split: str, classes: list[str], order: list[int] | None
+) -> tuple[dict, np.ndarray]:
     """The final metrics of one split (logged and saved as `<split>_*`), with its confusion matrix and, for a
-    multi-class model, the per-class figures."""
+    multi-class model, the per-class figures; and each message's class probabilities, in the split's order
+    (`features` is the split reordered by `order`, or in its order where `order` is None)."""
     output = trainer.predict(features, metric_key_prefix=split)
     trainer.log_metrics(split, output.metrics)
     metrics = {k.removeprefix(f"{split}_"): v for k, v in output.metrics.items()}
-    scored = score_predictions(np.asarray(output.predictions).argmax(-1), output.label_ids, classes)
+    logits = torch.as_tensor(np.asarray(output.predictions), dtype=torch.float32)
+    scored = score_predictions(logits.argmax(-1).numpy(), output.label_ids, classes)
     metrics["confusion_matrix"] = scored["confusion_matrix"]
     if "per_class" in scored:
         metrics["per_class"] = scored["per_class"]
-    return metrics
+    probabilities = logits.softmax(-1).numpy()
+    if order is not None:
+        probabilities[np.asarray(order)] = probabilities.copy()
+    return metrics, probabilities
+
+
+def write_predictions(path: Path, split, probabilities: np.ndarray, config) -> None:
+    """`text,label,prediction,p_<class>...` for each message of `split`, in its order: the errors to read, and
+    what `hf-spam cv` pools across folds. The prediction follows the model's saved `spam_threshold`, if any."""
+    names = [config.id2label[i] for i in range(len(config.id2label))]
+    predicted = probabilities.argmax(-1)
+    threshold = getattr(config, "spam_threshold", None)
+    if threshold is not None:
+        spam = config.label2id["spam"]
+        predicted = np.where(probabilities[:, spam] >= np.float32(threshold), spam, 1 - spam)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label", "prediction", *(f"p_{name}" for name in names)])
+        for text, label, guess, row in zip(split["text"], split["label"], predicted, probabilities, strict=True):
+            writer.writerow([text, names[label], names[guess], *(f"{p:.8g}" for p in row)])
 
 
 def decision_threshold(model, tokenizer, validation, test, max_fpr: float) -> tuple[float, dict]:
@@ -436,10 +494,10 @@ def _scored(predict, model, split) -> dict:
     return score_predictions(label_ids, list(split["label"]))
 
 
-def length_sorted(dataset):
-    """The same tokenized examples, ordered by length."""
+def length_order(dataset) -> list[int]:
+    """The indices of tokenized examples, shortest first."""
     lengths = [len(ids) for ids in dataset["input_ids"]]
-    return dataset.select(sorted(range(len(lengths)), key=lengths.__getitem__))
+    return sorted(range(len(lengths)), key=lengths.__getitem__)
 
 
 def class_weights(option: str | None, train_counts: dict[str, int]) -> torch.Tensor | None:
@@ -471,6 +529,14 @@ def metrics_table(results: dict[str, dict], classes: list[str] | None = None) ->
     for split in SPLITS:
         metrics = results[split]
         lines.append(f"{split:<11}" + "".join(f"{metrics[c]:>10.4f}" for c in columns) + f"{metrics['examples']:>10}")
+    if "tfidf" in results:
+        metrics = results["tfidf"]["test"]
+        lines.append(
+            f"{'test tfidf':<11}"
+            + "".join(f"{metrics[c]:>10.4f}" for c in columns)
+            + f"{metrics['examples']:>10}"
+            + "  (char TF-IDF + logistic regression, same splits: the bar to clear)"
+        )
     if multi:
         lines[0] += "  (precision, recall, f1: macro averages over the classes)"
         lines.append(f"{'test class':<21}" + "".join(f"{c:>10}" for c in ("precision", "recall", "f1", "support")))
