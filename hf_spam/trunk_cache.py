@@ -221,23 +221,68 @@ def cached_trunk_states(
         logger.info("Frozen trunk states for %s loaded from %s", name, paths[name][0])
     if missing:
         input_ids = {name: _real_tokens(splits[name]) for name in missing}
-        states = trunk_pass(
-            model,
-            n_frozen,
-            [ids for name in missing for ids in input_ids[name]],
-            batch_size,
-            device,
-            dtype,
-            desc=f"Frozen trunk ({', '.join(missing)})",
-        )
-        first = 0
+        messages = MessageStates(Path(cache_dir) / "trunk" / f"{trunk_fingerprint}-messages")
+        new = list({tuple(ids): None for name in missing for ids in input_ids[name] if tuple(ids) not in messages})
+        if new:
+            states = trunk_pass(
+                model, n_frozen, [list(ids) for ids in new], batch_size, device, dtype,
+                desc=f"Frozen trunk ({', '.join(missing)}: {len(new)} messages not computed before)",
+            )  # fmt: skip
+            messages.add(new, states)
         for name in missing:
             lengths = [len(ids) for ids in input_ids[name]]
-            last = first + sum(lengths)
-            _write_states(states[first:last], lengths, *paths[name])
-            first = last
+            _write_states(torch.cat([messages[tuple(ids)] for ids in input_ids[name]]), lengths, *paths[name])
             logger.info("Frozen trunk states for %s cached at %s", name, paths[name][0])
     return {name: TrunkStateStore(*paths[name]) for name in splits}
+
+
+class MessageStates:
+    """Every message's trunk states that one trunk has computed, found by its token ids: a split made of
+    messages seen before (another fold of `hf-spam cv`, another seed's split) needs no trunk pass for them.
+
+    On disk, a folder of chunks: states (`.npy`), offsets and, written last as the mark of a complete chunk,
+    the keys of its messages (a hash of their ids).
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.index: dict[bytes, tuple[int, int]] = {}
+        self.chunks: list[tuple[np.ndarray, np.ndarray]] = []
+        for keys_path in sorted(folder.glob("*.keys.npy")) if folder.is_dir() else []:
+            stem = str(keys_path)[: -len(".keys.npy")]
+            self._open(np.load(keys_path), Path(f"{stem}.npy"), Path(f"{stem}.offsets.npy"))
+
+    @staticmethod
+    def key(ids) -> bytes:
+        return hashlib.blake2b(np.asarray(ids, dtype=np.int64).tobytes(), digest_size=16).digest()
+
+    def _open(self, keys: np.ndarray, states_path: Path, offsets_path: Path) -> None:
+        self.chunks.append((np.load(states_path, mmap_mode="r"), np.load(offsets_path)))
+        for i, key in enumerate(keys):
+            self.index[key.tobytes()] = (len(self.chunks) - 1, i)
+
+    def __contains__(self, ids) -> bool:
+        return self.key(ids) in self.index
+
+    def __getitem__(self, ids) -> torch.Tensor:
+        chunk, i = self.index[self.key(ids)]
+        states, offsets = self.chunks[chunk]
+        return torch.from_numpy(np.array(states[offsets[i] : offsets[i + 1]]))
+
+    def add(self, messages: list[tuple[int, ...]], states: torch.Tensor) -> None:
+        """Store `states` (`trunk_pass` of `messages`, in order) as a new chunk."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=self.folder, suffix=".chunk")
+        os.close(fd)
+        stem = Path(name).with_suffix("")
+        try:
+            states_path, offsets_path = Path(f"{stem}.npy"), Path(f"{stem}.offsets.npy")
+            _write_states(states, [len(ids) for ids in messages], states_path, offsets_path)
+            keys = np.frombuffer(b"".join(self.key(ids) for ids in messages), dtype="V16")
+            _write_array(Path(f"{stem}.keys.npy"), keys)
+        finally:
+            Path(name).unlink(missing_ok=True)
+        self._open(keys, states_path, offsets_path)
 
 
 def _real_tokens(split) -> list[list[int]]:
@@ -249,18 +294,21 @@ def _real_tokens(split) -> list[list[int]]:
 
 
 def _write_states(states: torch.Tensor, lengths: list[int], path: Path, offsets_path: Path) -> None:
-    offsets = np.cumsum([0] + lengths)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Offsets first, states last: the states file is what marks an entry complete, and each is written beside
     # its target and renamed, so a killed run never leaves a partial file that a later run trusts.
-    for target, array in ((offsets_path, offsets), (path, states.numpy())):
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, array)
-            os.replace(tmp, target)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+    _write_array(offsets_path, np.cumsum([0] + lengths))
+    _write_array(path, states.numpy())
+
+
+def _write_array(target: Path, array: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def trunk_features(

@@ -221,6 +221,29 @@ def test_missing_splits_share_one_trunk_pass(tiny_model, tokenizer, tmp_path, mo
             assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
 
 
+def test_splits_cut_again_from_messages_seen_before_need_no_trunk_pass(tiny_model, tokenizer, tmp_path, monkeypatch):
+    """`hf-spam cv`'s folds: every fold holds the same messages, cut into other splits."""
+    freeze(tiny_model, "last_block")
+    data = _tokenized(tokenizer, 20)
+    first = {"train": data.select(range(15)), "test": data.select(range(15, 20))}
+    cached_trunk_states(tiny_model, 2, first, cache_dir=tmp_path)
+    passes = []
+    trunk_pass = trunk_cache.trunk_pass
+    monkeypatch.setattr(
+        trunk_cache, "trunk_pass", lambda m, n, ids, *a, **k: passes.append(len(ids)) or trunk_pass(m, n, ids, *a, **k)
+    )
+    again = {"train": data.select(range(5, 20)), "test": data.select(range(5))}
+    stores = cached_trunk_states(tiny_model, 2, again, cache_dir=tmp_path)
+    assert passes == []
+    more = _tokenized(tokenizer, 24).select(range(20, 24))  # four new messages: only they run
+    cached_trunk_states(tiny_model, 2, {"new": more}, cache_dir=tmp_path)
+    assert passes == [len({tuple(ids) for ids in more["input_ids"]})]
+    for name, split in again.items():
+        alone = _states(tiny_model, 2, list(split["input_ids"]), batch_size=3)
+        for a, b in zip(stores[name], alone, strict=True):
+            assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+
+
 def test_saving_a_tail_saves_the_whole_classifier(tiny_model, tokenizer, tmp_path):
     freeze(tiny_model, "last_block")
     tail = FrozenTrunkTail(tiny_model, 2)
