@@ -40,7 +40,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from hf_spam.baseline import tfidf_classifier
 from hf_spam.config import parse_args
-from hf_spam.data import DataReport, distinct_rows, prepare_splits, read_data
+from hf_spam.data import DataReport, default_cache_dir, distinct_rows, prepare_splits, read_data
 from hf_spam.metrics import FPR_BUDGETS, score_predictions, spam_score_metrics
 from hf_spam.sentence_baseline import SENTENCE_MODEL, sentence_embeddings, sentence_model_dir
 
@@ -246,7 +246,7 @@ def cross_validate(argv: list[str], n_folds: int = 5, baselines: bool = True, ke
     folds = make_folds(texts, labels, report.classes, n_folds, seed)
     check_settings(cv_dir, settings_of(argv, n_folds, data_digest(texts, labels)))
     binary = report.is_binary
-    embeddings = sentence_vectors(texts, cv_dir, baselines)
+    embeddings = sentence_vectors(texts, data_digest(texts, labels), baselines)
     started = time.perf_counter()
     results = []
     for k in range(n_folds):
@@ -302,9 +302,9 @@ def data_source(data_args) -> dict:
     }
 
 
-def sentence_vectors(texts: list[str], cv_dir: Path, wanted: bool) -> dict[str, np.ndarray] | None:
-    """The sentence-embedding baseline's vector of every distinct text (computed once, kept in the CV
-    directory), or None where it is not wanted or its model is not installed."""
+def sentence_vectors(texts: list[str], digest: str, wanted: bool) -> dict[str, np.ndarray] | None:
+    """The sentence-embedding baseline's vector of every distinct text (computed once for these texts, `digest`,
+    and kept in the hf_spam cache), or None where it is not wanted or its model is not installed."""
     if not wanted:
         return None
     model_dir = sentence_model_dir()
@@ -315,12 +315,15 @@ def sentence_vectors(texts: list[str], cv_dir: Path, wanted: bool) -> dict[str, 
             flush=True,
         )
         return None
-    path = cv_dir / "minilm.npy"
+    path = default_cache_dir() / "sentence-embeddings" / f"{model_dir.name}-{digest[:16]}.npy"
     if path.is_file():
         vectors = np.load(path)
     else:
         vectors = sentence_embeddings(texts, model_dir)
-        np.save(path, vectors)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".part", delete=False) as f:
+            np.save(f, vectors)
+        os.replace(f.name, path)
     return dict(zip(texts, vectors, strict=True))
 
 
