@@ -326,3 +326,16 @@ def test_a_lora_card_says_the_adapters_are_merged(card):
     card.trainable, card.lora = "lora", {"r": 16, "alpha": 8.0, "targets": ["all-linear"]}
     text = render_model_card(card)
     assert "**LoRA:** rank 16, alpha 8.0, adapters on `all-linear`" in text and "merged" in text
+
+
+def test_the_card_shows_its_evidence_and_the_baseline_it_beat(card):
+    card.metrics["tfidf"] = {"test": split_metrics(131, 0, 8, 123)}
+    card.figures = {"loss.png": "Training and validation loss", "confusion_matrix.png": "Confusion matrix"}
+    card.kept_layers, card.base_layers = 16, 30
+    text = render_model_card(card)
+    # each Model bullet on a line of its own (the labels ran into the next bullet)
+    assert re.search(r"labels `ham` \(0\), `spam` \(1\)\n- \*\*Trainable parameters:\*\*", text)
+    assert "| test, TF-IDF baseline | 262 | 0.9695 | 1.0000 | 0.9389 | 0.9685 |" in text
+    assert "![Training and validation loss](loss.png)\n![Confusion matrix](confusion_matrix.png)" in text
+    assert "- **Depth:** the first 16 of the base model's 30 decoder layers (`keep_layers: 16`)" in text
+    assert "\n\n\n" not in text
