@@ -73,6 +73,14 @@ class ModelArguments:
             "Padding moves to another special token; a tokenizer without one (GPT-2's) cannot do this."
         },
     )
+    message_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "Wrap every message in this text, around its {message} placeholder, with special tokens as in "
+            "the model's chat template (e.g. '<|im_start|>user\\nIs this SMS spam?\\n{message}<|im_end|>\\n"
+            "<|im_start|>assistant\\n'). Saved in the tokenizer's post-processor, so pipeline() wraps too."
+        },
+    )
     trainable: str = field(
         default="last_block",
         metadata={

@@ -122,13 +122,22 @@ def bundled_tokenizer() -> GPT2Tokenizer:
     return GPT2Tokenizer(vocab=vocab, merges=merges, model_max_length=1024, split_special_tokens=True)
 
 
-def load_tokenizer(name_or_path: str | None = None, use_bundled: bool = False, append_eos: bool = False):
+def load_tokenizer(
+    name_or_path: str | None = None,
+    use_bundled: bool = False,
+    append_eos: bool = False,
+    message_template: str | None = None,
+):
     """The model's tokenizer configured for classification: right padding, a pad token no text can produce.
 
     `append_eos=True` makes the tokenizer's post-processor end every message with its EOS token. The setting is
     saved in `tokenizer.json`, so `pipeline()` appends it too, and the last real token (the one the loss and the
     model's own pooling read) is the same learned end-of-message token after every text, as in the original GPT
     fine-tuning. The pad token then moves to another special token (`pad_token_for`).
+
+    `message_template` (text around a `{message}` placeholder, special tokens written as in the model's chat
+    template) wraps every message the same way, also through the post-processor and so also in `pipeline()`:
+    an instruction-tuned decoder's states at the template's last token read the message as a question asked.
 
     `split_special_tokens=True` is stored in the tokenizer config, so that every later user of the saved
     tokenizer, `pipeline()` included, tokenizes a literal special-token string in a message ("<|endoftext|>",
@@ -150,10 +159,14 @@ def load_tokenizer(name_or_path: str | None = None, use_bundled: bool = False, a
         if tokenizer.eos_token is None or not hasattr(type(tokenizer), "add_eos_token"):
             raise ModelConfigError(f"append_eos: tokenizer {tokenizer.name_or_path} has no EOS token to append")
         tokenizer.add_eos_token = True
+    if message_template is not None:
+        if append_eos:
+            raise ModelConfigError("message_template and append_eos: give one (the template says what ends a message)")
+        wrap_messages(tokenizer, message_template)
     try:
         tokenizer.pad_token = pad_token_for(tokenizer)
     except ValueError as err:
-        if not append_eos:
+        if not (append_eos or message_template):
             raise
         raise ModelConfigError(
             f"append_eos: tokenizer {tokenizer.name_or_path or 'gpt2'} has no special token besides its EOS "
@@ -161,6 +174,36 @@ def load_tokenizer(name_or_path: str | None = None, use_bundled: bool = False, a
         ) from err
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+def wrap_messages(tokenizer, template: str) -> None:
+    """Make the tokenizer's post-processor put every message inside `template`, around what it added before
+    (a BOS it puts first, an EOS it puts last)."""
+    from tokenizers import processors
+
+    if template.count("{message}") != 1:
+        raise ModelConfigError(f"message_template must hold {{message}} once, got {template!r}")
+    if not hasattr(tokenizer, "backend_tokenizer"):
+        raise ModelConfigError(f"message_template: tokenizer {tokenizer.name_or_path} has no post-processor to set")
+    probe = tokenizer("x", add_special_tokens=False)["input_ids"]
+    full = tokenizer("x")["input_ids"]
+    at = next(i for i in range(len(full) - len(probe) + 1) if full[i : i + len(probe)] == probe)
+    before, after = template.split("{message}")
+    # The template's own special tokens are meant as such: tokenize it with special tokens recognized.
+    prefix = full[:at] + tokenizer(before, add_special_tokens=False, split_special_tokens=False)["input_ids"]
+    suffix = (
+        tokenizer(after, add_special_tokens=False, split_special_tokens=False)["input_ids"] + full[at + len(probe) :]
+    )
+    parts = {"hf_spam_before": prefix, "hf_spam_after": suffix}
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=" ".join([*(["hf_spam_before"] if prefix else []), "$A", *(["hf_spam_after"] if suffix else [])]),
+        pair=" ".join([*(["hf_spam_before"] if prefix else []), "$A", "$B:1", *(["hf_spam_after"] if suffix else [])]),
+        special_tokens=[
+            {"id": name, "ids": ids, "tokens": tokenizer.convert_ids_to_tokens(ids)}
+            for name, ids in parts.items()
+            if ids
+        ],
+    )
 
 
 def pad_token_for(tokenizer) -> str:

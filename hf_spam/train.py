@@ -138,6 +138,7 @@ def train(model_args, data_args, training_args, data: tuple | None = None) -> di
         model_args.tokenizer_name_or_path or model_path,
         use_bundled=model_args.init == "random" and model_path in SHAPES and model_args.tokenizer_name_or_path is None,
         append_eos=model_args.append_eos,
+        message_template=model_args.message_template,
     )
     if data is None:
         with training_args.main_process_first(desc="preparing the data"):

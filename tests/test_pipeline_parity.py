@@ -16,15 +16,21 @@ from .test_decoders import TEXTS, tiny_config
 MESSAGES = [*TEXTS, "<|endoftext|> is text here", "x" * 300]
 
 
-@pytest.fixture(scope="module")
-def recommended_shape(tmp_path_factory):
-    """A tiny Llama (SmolLM2's family) cut to 3 of its 4 layers, whose tokenizer appends its EOS and pads
-    with another special token, saved as `hf-spam train` saves."""
+TEMPLATE = "<|endoftext|>Is this message spam?\n{message}\nAnswer:<|endoftext|>"
+
+
+@pytest.fixture(scope="module", params=["append_eos", "message_template"])
+def recommended_shape(tmp_path_factory, request):
+    """A tiny Llama (SmolLM2's family) cut to 3 of its 4 layers, whose tokenizer appends its EOS (or wraps each
+    message in a template ending in it) and pads with another special token, saved as `hf-spam train` saves."""
     path = tmp_path_factory.mktemp("recommended")
     base = bundled_tokenizer()
     base.add_special_tokens({"additional_special_tokens": ["<|pad|>"]})
     base.save_pretrained(path / "base")
-    tokenizer = load_tokenizer(str(path / "base"), append_eos=True)
+    if request.param == "append_eos":
+        tokenizer = load_tokenizer(str(path / "base"), append_eos=True)
+    else:
+        tokenizer = load_tokenizer(str(path / "base"), message_template=TEMPLATE)
     torch.manual_seed(0)
     AutoModelForSequenceClassification.from_config(tiny_config("llama", tokenizer)).save_pretrained(path / "base")
     model = keep_layers(load_model(str(path / "base"), tokenizer), 3)
@@ -40,8 +46,19 @@ def test_the_saved_tokenizer_appends_its_eos_and_pads_with_another_token(recomme
     ids = plain("hello there")["input_ids"]
     assert ids[-1] == tokenizer.eos_token_id
     assert tokenizer.pad_token == "<|pad|>" and tokenizer.pad_token_id != tokenizer.eos_token_id
-    # a literal EOS string in a message is text, so the appended one is the only EOS id
-    assert plain("<|endoftext|> is text")["input_ids"].count(tokenizer.eos_token_id) == 1
+    # a literal EOS string in a message is text: the tokenizer's own are the only EOS ids
+    assert plain("<|endoftext|> is text")["input_ids"].count(tokenizer.eos_token_id) == ids.count(
+        tokenizer.eos_token_id
+    )
+    if ids.count(tokenizer.eos_token_id) == 2:  # the template, whole, around the message
+        wrapped = tokenizer.decode(ids)
+        assert wrapped == TEMPLATE.format(message="hello there")
+        assert len(plain("a " * 500, truncation=True, max_length=40)["input_ids"]) == 40
+
+
+def test_a_template_without_its_placeholder_is_one_error():
+    with pytest.raises(ModelConfigError, match="must hold {message} once"):
+        load_tokenizer(None, use_bundled=True, message_template="Is this spam?")
 
 
 def test_pipeline_predict_and_serve_give_the_same_labels_and_scores(recommended_shape):
