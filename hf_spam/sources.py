@@ -7,7 +7,8 @@
 Columns are found among common names when exactly one fits. Labels come from strings (any case, surrounding
 spaces ignored), integers, booleans or a `ClassLabel`: two labels are mapped to ham (0) and spam (1); more
 than two are classes of their own, named by the data (a `ClassLabel`'s order, integers in numeric order, else
-sorted), and trained as a multi-class classifier. Every row is checked: a
+sorted), and trained as a multi-class classifier. Of integer labels only 0/1 say which is spam (1); any other
+two integers ({1, 2}) need `spam_label`. Every row is checked: a
 missing or unknown label, an empty text or a value of the wrong type is an error naming the file and row, or,
 with `lenient`, is skipped and counted. What comes out is plain `(texts, labels)` per split, for the same
 dedupe -> balance -> split -> tokenize pipeline the SMS Spam Collection goes through (`hf_spam.data`).
@@ -16,6 +17,7 @@ dedupe -> balance -> split -> tokenize pipeline the SMS Spam Collection goes thr
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,8 +164,7 @@ def _label_mapping(datasets, label: str, names, spam_label: str | None, where) -
     """The class names, and the data's labels (normalized) -> class index: ham (0) / spam (1) for two labels,
     the data's own names for more. The classes are those of the train split; a label that only a validation or
     test split has is a row error there, since no model could learn it."""
-    values = set(datasets["train"].unique(label))
-    values.discard(None)
+    values = {v for v in datasets["train"].unique(label) if not _missing(v, names)}
     if names is not None:
         values = {names[v] for v in values if isinstance(v, int) and 0 <= v < len(names)}
     distinct = {_normalize(v) for v in values}
@@ -184,6 +185,11 @@ def _label_mapping(datasets, label: str, names, spam_label: str | None, where) -
         positive = _normalize(spam_label)
         if positive not in distinct:
             raise SourceError(f"spam_label {spam_label!r} is not one of the labels {', '.join(sorted(distinct))}")
+    elif all(v.lstrip("-").isdigit() for v in distinct) and distinct != {"0", "1"}:
+        # Only 0/1 say which is spam; {1, 2} could be ham=1 or spam=1, and a guess would invert every label.
+        raise SourceError(
+            f"{where['train']}: which of the labels {', '.join(sorted(distinct, key=int))} is spam? Set spam_label"
+        )
     else:
         known = [name for name in POSITIVE if name in distinct]
         if len(known) != 1:
@@ -192,6 +198,15 @@ def _label_mapping(datasets, label: str, names, spam_label: str | None, where) -
             )
         positive = known[0]
     return ["ham", "spam"], {name: int(name == positive) for name in sorted(distinct)}
+
+
+def _missing(value, names) -> bool:
+    """A label that is not there: None, NaN, an empty string, or a `ClassLabel`'s -1 (its "no label")."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return True
+    if isinstance(value, str) and not value.strip():
+        return True
+    return names is not None and value == -1
 
 
 def _ordered(distinct: set[str], names) -> list[str]:
@@ -208,8 +223,10 @@ def _checked_rows(dataset, text: str, label: str, names, mapping: dict, lenient:
     column_texts, column_labels = dataset[text], dataset[label]
     for row, (message, value) in enumerate(zip(column_texts, column_labels, strict=True), start=1):
         reason = kind = None
-        if value is None:
-            reason, kind = f"missing {label}", "missing_label"
+        if _missing(value, names):
+            reason, kind = f"missing {label} ({value!r})", "missing_label"
+        elif names is not None and not (isinstance(value, int) and 0 <= value < len(names)):
+            reason, kind = f"{label} id {value!r} is not one of the {len(names)} ClassLabel names", "unknown_label"
         elif not isinstance(message, str):
             reason, kind = f"{text} is {type(message).__name__}, not text", "wrong_type"
         elif not message.strip():

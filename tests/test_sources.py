@@ -248,3 +248,49 @@ def test_the_tiny_recipe_trains_three_classes_with_labels_from_the_data(tmp_path
 
     with pytest.raises(ValueError, match="needs a ham/spam model; this one's labels are personal, phishing, promo"):
         load_classifier(str(out), threshold=0.5)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ([0, 1, -1, 1], "row 3: missing label \\(-1\\)"),  # ClassLabel's "no label" is not names[-1]
+        ([0, 1, 5, 1], "row 3: label id 5 is not one of the 2 ClassLabel names"),
+    ],
+)
+def test_a_class_label_with_no_label_or_an_unknown_id_is_a_row_error(tmp_path, values, message):
+    import pyarrow.parquet as pq
+
+    # datasets itself refuses to write an id past the names, but another tool's Parquet file can hold one.
+    features = Features({"sms": Value("string"), "label": ClassLabel(names=["ham", "spam", "x", "y", "z", "w"])})
+    values = (values * 10)[:40]
+    data = Dataset.from_dict({"sms": [t for t, _ in _rows()], "label": values}, features=features)
+    data.to_parquet(str(tmp_path / "sms.parquet"))
+    table = pq.read_table(tmp_path / "sms.parquet")
+    meta = {k: v for k, v in table.schema.metadata.items()}
+    meta[b"huggingface"] = meta[b"huggingface"].replace(b'"ham", "spam", "x", "y", "z", "w"', b'"ham", "spam"')
+    meta[b"huggingface"] = meta[b"huggingface"].replace(b'"ham","spam","x","y","z","w"', b'"ham","spam"')
+    assert b'"w"' not in meta[b"huggingface"]
+    pq.write_table(table.replace_schema_metadata(meta), tmp_path / "sms.parquet")
+    with pytest.raises(SourceError, match=message):
+        read_user_data(train_file=str(tmp_path / "sms.parquet"))
+    rows = read_user_data(train_file=str(tmp_path / "sms.parquet"), lenient=True)
+    assert len(rows.splits["train"][1]) == 30 and rows.skipped in ({"missing_label": 10}, {"unknown_label": 10})
+    assert rows.splits["train"][1] == [v for v in values if v in (0, 1)]  # nothing invented, nothing flipped
+
+
+@pytest.mark.parametrize("gap", ["", "nan"])
+def test_a_missing_label_in_a_csv_is_a_row_error_not_a_class(tmp_path, gap):
+    rows = _rows(8, spam="1", ham="0")
+    rows[2] = (rows[2][0], gap)
+    path = _write(tmp_path / "mail.csv", rows)
+    with pytest.raises(SourceError, match="row 3: missing is_spam"):
+        read_user_data(train_file=path)
+    assert read_user_data(train_file=path, lenient=True).skipped == {"missing_label": 1}
+
+
+def test_integer_labels_other_than_0_and_1_need_spam_label(tmp_path):
+    path = _write(tmp_path / "mail.csv", _rows(spam="2", ham="1"))
+    with pytest.raises(SourceError, match="which of the labels 1, 2 is spam\\? Set spam_label"):
+        read_user_data(train_file=path)
+    rows = read_user_data(train_file=path, spam_label="2")
+    assert rows.splits["train"][1] == [i % 2 for i in range(40)]
