@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def _checked(text: str, parse, accept, expected: str):
@@ -21,6 +22,14 @@ def positive_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     return _checked(text, float, lambda v: 0 < v < float("inf"), "a positive number")
+
+
+def non_negative_float(text: str) -> float:
+    return _checked(text, float, lambda v: 0 <= v < float("inf"), "a finite number of at least 0")
+
+
+def finite_float(text: str) -> float:
+    return _checked(text, float, math.isfinite, "a finite number")
 
 
 def port_number(text: str) -> int:

@@ -9,7 +9,14 @@ import logging
 import sys
 from pathlib import Path
 
-from hf_spam.argtypes import ArgumentParser, port_number, positive_float, positive_int
+from hf_spam.argtypes import (
+    ArgumentParser,
+    finite_float,
+    non_negative_float,
+    port_number,
+    positive_float,
+    positive_int,
+)
 from hf_spam.data import URLS, DataFormatError, DataIntegrityError, DownloadError, load_data
 
 
@@ -186,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--dedupe", action=argparse.BooleanOptionalAction, default=True, help="Drop duplicate texts.")
     data.add_argument("--balance", choices=["undersample", "none"], default="undersample")
     data.add_argument("--lenient", action="store_true", help="Skip malformed lines and count them.")
-    data.add_argument("--split_ratios", nargs=3, type=float, default=[0.7, 0.1, 0.2])
+    data.add_argument("--split_ratios", nargs=3, type=non_negative_float, default=[0.7, 0.1, 0.2])
     data.add_argument("--seed", type=int, default=123)
 
     sub.add_parser(
@@ -219,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument(
         "--threshold",
-        type=float,
+        type=finite_float,
         default=None,
         help="Spam when P(spam) >= this (default: the model's saved spam_threshold, else the argmax, as pipeline()).",
     )
@@ -249,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument(
         "--max_accuracy_drop",
-        type=float,
+        type=non_negative_float,
         default=0.5,
         help="Fail when int8 test accuracy is more than this many points below float32's (default 0.5).",
     )
@@ -274,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--batch_wait_ms",
-        type=float,
+        type=non_negative_float,
         default=5.0,
         help="How long the first request of a batch waits for others (0 with --max_batch_texts 0: no gathering).",
     )

@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 from functools import partial
@@ -514,7 +515,7 @@ def class_weights(option: str | None, train_counts: dict[str, int]) -> torch.Ten
         weights = [float(w) for w in option.split(",")]
     except ValueError:
         weights = []
-    if len(weights) != len(classes) or min(weights) <= 0:
+    if len(weights) != len(classes) or not all(math.isfinite(w) and w > 0 for w in weights):
         raise ConfigError(
             f"class_weights must be 'balanced' or {len(classes)} positive numbers '{','.join(classes)}', got {option!r}"
         )

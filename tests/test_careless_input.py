@@ -70,6 +70,12 @@ def test_train_flags_of_the_wrong_type_or_unknown_are_one_line_without_the_usage
         (["--split_ratios", "-0.1", "0.6", "0.5"], ["split_ratios"]),
         (["--learning_rate", "-1"], ["learning_rate"]),
         (["--per_device_train_batch_size", "0"], ["per_device_train_batch_size"]),
+        # NaN and infinity pass `x < 0`-style checks: refused wherever a number is read
+        (["--class_weights", "nan,1"], ["class_weights"]),
+        (["--weight_decay", "nan"], ["weight_decay", "finite"]),
+        (["--split_ratios", "nan", "0.1", "0.2"], ["split_ratios", "finite"]),
+        (["--download_timeout", "inf"], ["download_timeout", "finite"]),
+        (["--lora_alpha", "inf"], ["lora_alpha", "finite"]),
     ],
 )
 def test_train_numbers_out_of_range_are_refused_before_anything_runs(flags, words, tmp_path, capsys, caplog):
@@ -91,6 +97,11 @@ def test_train_numbers_out_of_range_are_refused_before_anything_runs(flags, word
         (["data", "--download_timeout", "-1"], ["--download_timeout"]),
         (["export", "{model}", "--opset", "5"], ["opset", "18"]),
         (["experiments", "--quick", "--rows", "0"], ["--rows"]),
+        (["serve", "--model", "{model}", "--batch_wait_ms", "inf"], ["--batch_wait_ms", "finite"]),
+        (["serve", "--model", "{model}", "--batch_wait_ms", "nan"], ["--batch_wait_ms", "finite"]),
+        (["export", "{model}", "--max_accuracy_drop", "nan"], ["--max_accuracy_drop", "finite"]),
+        (["predict", "--model", "{model}", "--threshold", "nan", "hi"], ["--threshold", "finite"]),
+        (["data", "--split_ratios", "nan", "0.5", "0.5"], ["--split_ratios", "finite"]),
     ],
 )
 def test_other_commands_refuse_out_of_range_numbers(argv, words, model_dir, capsys, caplog):
