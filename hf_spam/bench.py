@@ -195,7 +195,7 @@ def prediction_backends(model_dir: str, n_messages: int | None = None, backends:
     if any(name.startswith("onnxruntime") for name in backends):
         print("[bench] export to ONNX (float32, int8) ...", file=sys.stderr, flush=True)
         verification = export(model_dir, quantize="int8")
-    config = AutoConfig.from_pretrained(model_dir)
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
     test_texts, test_labels, _ = verification_split(model_dir, config, None)
     max_length = model_context(config)
 

@@ -149,7 +149,9 @@ def load_tokenizer(
         tokenizer = bundled_tokenizer()
     else:
         try:
-            tokenizer = AutoTokenizer.from_pretrained(_hub_id(name_or_path), split_special_tokens=True)
+            tokenizer = AutoTokenizer.from_pretrained(
+                _hub_id(name_or_path), split_special_tokens=True, trust_remote_code=False
+            )
         except OSError as err:
             if Path(name_or_path).exists():
                 raise
@@ -290,7 +292,10 @@ def load_model(
     if init == "pretrained":
         check_local_model_dir(model_name_or_path)
     try:
-        config = _configured(AutoConfig.from_pretrained(_hub_id(model_name_or_path), revision=revision), settings)
+        config = _configured(
+            AutoConfig.from_pretrained(_hub_id(model_name_or_path), revision=revision, trust_remote_code=False),
+            settings,
+        )
         check_decoder(config, model_name_or_path)
         if init == "random":
             return use_fused_gelu(_built(config, model_name_or_path))

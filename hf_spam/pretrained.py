@@ -145,10 +145,10 @@ def convert_gguf(
         return target
     logger.info("Converting %s to a float32 checkpoint in %s (once)", gguf_path, target)
     folder, name = gguf_path.parent, gguf_path.name
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
     # The weights are float32 already; the GGUF flag alone makes save_pretrained and Trainer refuse the model.
     model.hf_quantizer.remove_quantization_config(model)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
     source = {
         **(provenance or {}),
         "gguf_file": name,
