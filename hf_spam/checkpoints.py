@@ -9,9 +9,11 @@ anything but tensors and plain values (a pickle that would run code), fails the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
+import shutil
 import signal
 import zipfile
 from pathlib import Path
@@ -156,3 +158,72 @@ class StopOnSigterm(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+# What a run writes first into its output_dir: the settings its checkpoints and model were made with.
+RUN_RECORD = "hf_spam_run.json"
+# The training arguments that change what a run computes (logging, saving and Hub options do not).
+TRAINING_KEYS = (
+    "learning_rate", "weight_decay", "lr_scheduler_type", "warmup_steps", "num_train_epochs", "max_steps",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "optim", "adam_beta1", "adam_beta2",
+    "adam_epsilon", "max_grad_norm", "class_weights", "trunk_cache", "trunk_dtype", "max_fpr",
+)  # fmt: skip
+# Data arguments that only say where things are cached or downloaded from.
+DATA_KEYS_IGNORED = ("data_cache_dir", "data_urls", "download_timeout")
+
+
+def run_settings(model_args, data_args, training_args) -> dict:
+    """What decides a run's result, as plain JSON values: every model argument, the data arguments (where
+    things are cached aside) and the training arguments of `TRAINING_KEYS`."""
+    data = {k: v for k, v in dataclasses.asdict(data_args).items() if k not in DATA_KEYS_IGNORED}
+    training = {k: getattr(training_args, k, None) for k in TRAINING_KEYS}
+    settings = {"model": dataclasses.asdict(model_args), "data": data, "training": training}
+    return json.loads(json.dumps(settings, default=str))
+
+
+def differences(before: dict, now: dict) -> list[str]:
+    """`group.key` of every setting that differs between two `run_settings`."""
+    return sorted(
+        f"{group}.{key}"
+        for group in before.keys() | now.keys()
+        for key in (before.get(group) or {}).keys() | (now.get(group) or {}).keys()
+        if (before.get(group) or {}).get(key) != (now.get(group) or {}).get(key)
+    )
+
+
+def prepare_output_dir(
+    output_dir: str | Path, settings: dict, resume: bool, overwrite: bool, write: bool = True
+) -> None:
+    """Make `output_dir` this run's, or refuse in one line.
+
+    A directory that holds another run's model or checkpoints is refused unless `overwrite` (its checkpoints
+    and ONNX export, both made from the old weights, are then removed) or `resume` (then the run's recorded
+    settings must equal this run's: resuming another recipe's checkpoint would report its figures as this
+    one's). The settings are recorded for the next run to compare. Every process checks; only the one that
+    `write`s (the main process) removes and records.
+    """
+    output_dir = Path(output_dir)
+    record = output_dir / RUN_RECORD
+    before = json.loads(record.read_text()) if record.is_file() else None
+    held = [name for name in ("config.json", "model.safetensors", "metrics.json") if (output_dir / name).exists()]
+    held += [p.name for p in checkpoints_newest_first(output_dir)] if output_dir.is_dir() else []
+    if held and resume and before is not None and before != settings and not overwrite:
+        raise CheckpointError(
+            f"resume_from_checkpoint auto: {output_dir} holds a run with other settings "
+            f"({', '.join(differences(before, settings))} differ); resume it with those settings, or give another "
+            "output_dir (or --overwrite_output_dir true to replace it)"
+        )
+    if held and not resume and not overwrite:
+        raise CheckpointError(
+            f"output_dir {output_dir} holds another run ({', '.join(held[:4])}); give --overwrite_output_dir true "
+            "to replace it, --resume_from_checkpoint auto to continue it, or another output_dir"
+        )
+    if not write:
+        return
+    if overwrite:
+        for path in [*checkpoints_newest_first(output_dir), output_dir / "onnx"] if output_dir.is_dir() else []:
+            if path.is_dir():
+                shutil.rmtree(path)
+                logger.info("overwrite_output_dir: removed %s (made from the replaced run)", path)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(settings, indent=2) + "\n")

@@ -261,6 +261,13 @@ class SpamTrainingArguments(TrainingArguments):
     ddp_find_unused_parameters: bool | None = field(
         default=False, metadata={"help": "Leave False: frozen parameters are expected to receive no gradient."}
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace another run's model and checkpoints in output_dir (the transformers examples' "
+            "convention). Without it, such a directory stops the run, unless resume_from_checkpoint continues it."
+        },
+    )
     trunk_cache: bool = field(
         default=True,
         metadata={

@@ -258,6 +258,7 @@ def cross_validate(argv: list[str], n_folds: int = 5, baselines: bool = True, ke
         fold_dir = cv_dir / f"fold-{k + 1}"
         model_args, data_args, training_args = parse_args([*argv, "--output_dir", str(fold_dir / "model")])
         data_args.evaluate_held_out = False  # the test fold is already at the data's own rate
+        training_args.overwrite_output_dir = True  # a fold without its result is run again from the start
         splits, fold_report = fold_splits(folds, k, report, data_args, seed)
         fold = {"fold": k + 1, "texts": list(splits["test"]["text"]), "labels": list(splits["test"]["label"])}
         fold.update(

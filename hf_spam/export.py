@@ -173,6 +173,7 @@ def export(
                     f"({report['float32']['accuracy']:.4f} -> {report['int8']['accuracy']:.4f}), more than "
                     f"max_accuracy_drop {max_accuracy_drop}; keep float32, or allow more with --max_accuracy_drop"
                 )
+        report["exported_from"] = source_digests(model_dir)
         (work / "verification.json").write_text(json.dumps(report, indent=2) + "\n")
         target = Path(model_dir) / "onnx"
         if target.exists():
@@ -273,9 +274,46 @@ def onnx_classifier(
     if not path.is_file():
         how = " --quantize int8" if dtype == "int8" else ""
         raise FileNotFoundError(f"{model_dir}: no onnx/{path.name}; run `hf-spam export {model_dir}{how}` first")
+    check_export_is_current(model_dir)
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     return labelled(onnx_probabilities(path, tokenizer, config, batch_size), config, threshold)
+
+
+# What an ONNX graph answers from: the weights, the tokenizer (its post-processor wraps each message) and the
+# config (labels, pooling, threshold). An export is bound to the digests of all of them.
+SOURCE_FILES = ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json")
+
+
+class StaleExportError(ValueError):
+    """`onnx/` was exported from other weights, tokenizer or config than the model directory now holds."""
+
+
+def source_digests(model_dir: str | Path) -> dict[str, str | None]:
+    from hf_spam.data import sha256_of
+
+    return {
+        name: sha256_of(Path(model_dir) / name) if (Path(model_dir) / name).is_file() else None
+        for name in SOURCE_FILES
+    }
+
+
+def check_export_is_current(model_dir: str | Path) -> None:
+    """Refuse an `onnx/` that does not answer for this directory's model: one exported from files that have
+    changed since (a later training run into the same directory), or one that does not say what it was
+    exported from."""
+    report_path = Path(model_dir) / "onnx" / "verification.json"
+    recorded = json.loads(report_path.read_text()).get("exported_from") if report_path.is_file() else None
+    if recorded is None:
+        raise StaleExportError(
+            f"{model_dir}/onnx does not record the weights it was exported from; run `hf-spam export {model_dir}` again"
+        )
+    changed = [name for name, digest in source_digests(model_dir).items() if recorded.get(name) != digest]
+    if changed:
+        raise StaleExportError(
+            f"{model_dir}/onnx was exported from another model ({', '.join(changed)} changed since); run "
+            f"`hf-spam export {model_dir}` again"
+        )
 
 
 def verification_split(model_dir: str, config, test_file: str | None) -> tuple[list[str], np.ndarray, str]:
@@ -301,7 +339,20 @@ def verification_split(model_dir: str, config, test_file: str | None) -> tuple[l
             f"{model_dir}: no metrics.json with the training data's settings, so its test split is unknown; "
             "give the messages to check on with --test_file"
         )
-    data_args = DataArguments(**{**summary["data_arguments"], "evaluate_held_out": False})
+    # A model directory may come from anyone: what its metrics.json names is read locally, never fetched.
+    named = summary["data_arguments"]
+    if named.get("dataset_name"):
+        raise SourceError(
+            f"{model_dir}: trained on the Hub dataset {named['dataset_name']}, which export does not download; "
+            "give the messages to check on with --test_file"
+        )
+    for key in ("data_file", "train_file", "validation_file", "test_file"):
+        if named.get(key) and not Path(named[key]).is_file():
+            raise SourceError(
+                f"{model_dir}: trained on {named[key]} ({key}), which is not on this machine; give the messages "
+                "to check on with --test_file"
+            )
+    data_args = DataArguments(**{**named, "evaluate_held_out": False, "data_urls": []})
     splits, _ = load_splits(data_args, summary["seed"])
     test = splits["test"]
     return list(test["text"]), np.array(test["label"]), "test split"

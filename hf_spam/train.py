@@ -25,7 +25,7 @@ from datasets import DatasetDict
 from transformers import DataCollatorWithPadding, set_seed
 
 from hf_spam.baseline import tfidf_baseline
-from hf_spam.checkpoints import CheckpointError, StopOnSigterm, resolve_resume
+from hf_spam.checkpoints import CheckpointError, StopOnSigterm, prepare_output_dir, resolve_resume, run_settings
 from hf_spam.config import ConfigError, parse_args
 from hf_spam.data import (
     SPLITS,
@@ -131,6 +131,13 @@ def train(model_args, data_args, training_args, data: tuple | None = None) -> di
 
     # ---- base model: the Hub, a local directory, or GGUF weights converted once ----
     model_path, weights_source = resolve_base_model(model_args, training_args, data_args.data_cache_dir)
+    prepare_output_dir(
+        training_args.output_dir,
+        run_settings(model_args, data_args, training_args),
+        resume=training_args.resume_from_checkpoint not in (None, "", "false", "False"),
+        overwrite=training_args.overwrite_output_dir,
+        write=training_args.should_save,
+    )
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     set_seed(training_args.seed)
 

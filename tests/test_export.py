@@ -155,6 +155,45 @@ def test_the_default_check_is_the_test_split_the_model_was_trained_with(tmp_path
     assert report["int8"]["accuracy_drop_points"] <= 0.5
 
 
+def test_an_export_of_other_weights_is_refused_until_exported_again(saved, test_csv, tiny_model, capsys):
+    """Training into a directory again changes its weights: the old graph would answer for the old model."""
+    args = ["export", str(saved), "--test_file", test_csv]
+    assert cli_main(args) == 0
+    capsys.readouterr()
+    assert cli_main(["predict", "--model", str(saved), "--backend", "onnxruntime", "ok"]) == 0
+    with torch.no_grad():
+        tiny_model.score.weight.add_(1.0)
+    tiny_model.save_pretrained(saved)  # what a second training run into the same directory leaves
+    capsys.readouterr()
+    assert cli_main(["predict", "--model", str(saved), "--backend", "onnxruntime", "ok"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.safetensors changed since" in err[0] and f"hf-spam export {saved}" in err[0]
+    assert cli_main(args) == 0
+    capsys.readouterr()
+    assert cli_main(["predict", "--model", str(saved), "--backend", "onnxruntime", "ok"]) == 0
+
+
+def test_export_checks_on_data_named_locally_only(saved, tmp_path, capsys, monkeypatch):
+    """A downloaded model's metrics.json must not make export fetch anything."""
+    import urllib.request
+
+    from hf_spam import data
+
+    fetched = []
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: fetched.append(a) or 1 / 0)
+    monkeypatch.setattr(data, "_offline", lambda: False)
+    metrics = {"seed": 1, "data_arguments": {"data_urls": ["http://127.0.0.1:9/evil.zip"]}}
+    (saved / "metrics.json").write_text(json.dumps(metrics))
+    monkeypatch.setenv("HF_SPAM_CACHE", str(tmp_path / "empty-cache"))
+    assert cli_main(["export", str(saved), "--max_accuracy_drop", "100"]) == 0  # the bundled copy, no download
+    assert fetched == []
+    metrics["data_arguments"] = {"dataset_name": "someone/data"}
+    (saved / "metrics.json").write_text(json.dumps(metrics))
+    capsys.readouterr()
+    assert cli_main(["export", str(saved)]) == 2
+    assert "which export does not download; give the messages to check on with --test_file" in capsys.readouterr().err
+
+
 def test_clear_errors_without_an_export_or_without_the_extra(saved, monkeypatch, capsys):
     assert cli_main(["predict", "--model", str(saved), "--backend", "onnxruntime", "hello"]) == 2
     assert f"no onnx/model.onnx; run `hf-spam export {saved}` first" in capsys.readouterr().err

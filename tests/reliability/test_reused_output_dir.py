@@ -1,0 +1,55 @@
+"""A reused output_dir: another run's model is never overwritten silently, and `--resume_from_checkpoint auto`
+never continues a checkpoint of other settings."""
+
+import json
+
+from hf_spam.checkpoints import RUN_RECORD
+from hf_spam.train import run
+
+from ..conftest import ROOT
+
+TINY = [
+    "--config", str(ROOT / "configs" / "tiny.yaml"), "--config_overrides", "n_layer=2,n_head=2,n_embd=16",
+    "--eval_strategy", "no", "--disable_tqdm", "true", "--max_steps", "4", "--save_strategy", "steps",
+    "--save_steps", "2", "--evaluate_held_out", "false",
+]  # fmt: skip
+
+
+def errors(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_another_runs_directory_stops_the_run_unless_overwrite(tmp_path, caplog):
+    out = tmp_path / "out"
+    assert run([*TINY, "--output_dir", str(out)]) == 0
+    before = (out / "model.safetensors").read_bytes()
+    caplog.clear()
+    assert run([*TINY, "--output_dir", str(out), "--seed", "7", "--learning_rate", "1.0e-2"]) == 2
+    (line,) = errors(caplog)
+    assert f"output_dir {out} holds another run" in line and "--overwrite_output_dir true" in line
+    assert (out / "model.safetensors").read_bytes() == before  # nothing lost
+    (out / "onnx").mkdir()  # an export of the old weights
+    assert run([*TINY, "--output_dir", str(out), "--seed", "7", "--overwrite_output_dir", "true"]) == 0
+    assert (out / "model.safetensors").read_bytes() != before
+    assert not (out / "onnx").exists()
+    assert json.loads((out / RUN_RECORD).read_text())["training"]["seed"] == 7
+
+
+def test_auto_resume_of_a_checkpoint_with_other_settings_says_what_differs(tmp_path, caplog):
+    out = tmp_path / "out"
+    assert run([*TINY, "--output_dir", str(out)]) == 0
+    assert (out / "checkpoint-4").is_dir()
+    caplog.clear()
+    other = [*TINY, "--output_dir", str(out), "--resume_from_checkpoint", "auto", "--learning_rate", "1.0e-2"]
+    assert run(other) == 2
+    (line,) = errors(caplog)
+    assert "holds a run with other settings (training.learning_rate differ)" in line
+    # the same settings resume (here: nothing left to train, the run's own figures)
+    assert run([*TINY, "--output_dir", str(out), "--resume_from_checkpoint", "auto"]) == 0
+
+
+def test_a_fresh_or_empty_directory_needs_nothing(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("mine")
+    assert run([*TINY, "--output_dir", str(tmp_path / "empty")]) == 0
+    assert (tmp_path / "empty" / "notes.txt").read_text() == "mine"
