@@ -82,6 +82,11 @@ def parse_request(body: bytes, limits: Limits) -> tuple[list[str], bool, int | N
             raise RequestError(422, f"{where}: empty text", where)
         if len(item) > limits.max_text_chars:
             raise RequestError(413, f"{where}: {len(item):,} characters; at most {limits.max_text_chars:,}", where)
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError as err:  # a lone surrogate (JSON "\ud800"): valid JSON, not text
+            message = f"{where}: not Unicode text (a lone surrogate at character {err.start})"
+            raise RequestError(422, message, where) from None
     parameters = payload.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise RequestError(422, f"parameters: expected an object, got {type(parameters).__name__}", "parameters")
@@ -148,11 +153,15 @@ class MicroBatcher:
             texts = [text for item, _ in batch for text in item]
             try:
                 probabilities = await loop.run_in_executor(self.executor, self.predict.probabilities, texts)
-            except Exception as err:  # every waiting request gets the failure; the loop goes on serving
-                logger.exception("classifying a batch of %d texts failed", len(texts))
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(err)
+            except Exception as err:
+                if len(batch) == 1:
+                    logger.warning("a request of %d texts failed: %s: %s", len(texts), type(err).__name__, err)
+                    if not batch[0][1].done():
+                        batch[0][1].set_exception(err)
+                    continue
+                # One request's text must not fail the others gathered with it: each is classified on its own.
+                for item, future in batch:
+                    await self._one(item, future)
                 continue
             self.batches += 1
             start = 0
@@ -160,6 +169,18 @@ class MicroBatcher:
                 if not future.done():
                     future.set_result(probabilities[start : start + len(item)])
                 start += len(item)
+
+    async def _one(self, texts: list[str], future) -> None:
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self.executor, self.predict.probabilities, texts)
+        except Exception as err:
+            logger.warning("a request of %d texts failed: %s: %s", len(texts), type(err).__name__, err)
+            if not future.done():
+                future.set_exception(err)
+            return
+        self.batches += 1
+        if not future.done():
+            future.set_result(result)
 
 
 def answers(predict, probabilities: np.ndarray, top_k: int | None) -> list[list[dict]]:
@@ -214,6 +235,10 @@ def create_app(
             return JSONResponse({"error": str(err), "field": err.field}, status_code=err.status)
         try:
             probabilities = await batcher.classify(texts)
+        except (TypeError, ValueError, UnicodeError) as err:  # what the tokenizer says of a text it cannot take
+            return JSONResponse(
+                {"error": f"inputs: cannot be classified: {type(err).__name__}: {err}", "field": "inputs"}, 422
+            )
         except Exception as err:
             return JSONResponse({"error": f"the model failed on this request: {type(err).__name__}: {err}"}, 500)
         return answers(predict, probabilities, top_k)

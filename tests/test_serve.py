@@ -157,6 +157,46 @@ def test_a_failure_inside_the_model_is_a_500_and_the_server_keeps_serving(saved)
         assert status == 200 and body[0][0]["label"] in {"ham", "spam"}
 
 
+POISON = [
+    '{"inputs": "\\ud800"}',  # a lone surrogate: valid JSON, not text
+    '{"inputs": ["fine", "\\udfff and more"]}',
+    '{"inputs": "nul \\u0000 inside"}',
+    json.dumps({"inputs": "\U0001f600" * 250_000}, ensure_ascii=False),  # 1 MB of one emoji: over max_text_chars
+    '{"inputs": ["a", 3, null]}',  # mixed types
+    '{"inputs": [[["deep"]]]}',
+]
+
+
+def test_poisoned_requests_fail_alone_and_innocent_ones_get_their_own_scores(saved):
+    """Concurrent innocent requests with poisoned ones gathered into the same batches: every innocent request
+    gets 200 and the scores it gets alone; each poisoned one gets its own 4xx naming the field."""
+    predict = load_classifier(saved)
+    alone = {m: predict([m])[0]["score"] for m in MESSAGES}
+    probabilities = predict.probabilities
+
+    def picky(texts):  # a model that fails on one text of its batch, as a tokenizer refusing a text does
+        if any("poison" in t for t in texts):
+            raise TypeError("TextEncodeInput must be Union[TextInputSequence, ...] (simulated)")
+        return probabilities(texts)
+
+    predict.probabilities = picky
+    limits = Limits(max_body_bytes=2_000_000, max_texts=8, max_text_chars=100_000)
+    bodies = [json.dumps({"inputs": MESSAGES[i % 4]}) for i in range(24)]
+    bodies += [*POISON, '{"inputs": "poison pill"}', '{"inputs": ["ok", "poison"]}']
+    app = create_app(saved, predict=predict, batch_wait_ms=300, max_batch_texts=64, limits=limits)
+    with Server(app) as server, ThreadPoolExecutor(len(bodies)) as pool:
+        results = list(pool.map(lambda b: post(server.url + "/", b.encode()), bodies))
+        assert post(server.url + "/", b'{"inputs": "ok"}')[0] == 200  # and it goes on serving
+    for body, (status, answer) in zip(bodies, results, strict=True):
+        text = json.loads(body)["inputs"]
+        if isinstance(text, str) and text in alone:
+            assert status == 200 and answer[0][0]["score"] == pytest.approx(alone[text], abs=1e-6), (body, answer)
+        elif "\\u0000" in body:
+            assert status == 200, answer  # NUL is text like any other
+        else:
+            assert 400 <= status < 500 and str(answer.get("field")).startswith("inputs"), (body[:80], status, answer)
+
+
 def test_health_and_info(server, saved):
     with urllib.request.urlopen(server.url + "/health") as response:
         assert json.loads(response.read()) == {"status": "ok"}
