@@ -27,8 +27,9 @@ install-gemma: install
 
 # One process, started in-process: a failure is one line and exit code 2, not a launcher traceback.
 # The same script runs under `accelerate launch hf_spam/train.py` (README, "Scale out").
+# --overwrite_output_dir: running the main job again replaces its own output (a plain `hf-spam train` refuses to).
 train: install
-	$(BIN)/hf-spam train --config $(CONFIG)
+	$(BIN)/hf-spam train --config $(CONFIG) --overwrite_output_dir true
 
 smoke: install
 	HF_HUB_OFFLINE=1 $(BIN)/accelerate launch --config_file configs/accelerate/cpu.yaml --num_cpu_threads_per_process $$(nproc) hf_spam/train.py --config configs/tiny.yaml

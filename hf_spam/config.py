@@ -40,7 +40,9 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "If model_name_or_path must come from the Hub and the Hub cannot be reached, train this model "
-            "instead (e.g. smollm2-135m), with the same recipe, into an output_dir named after it. Unset: fail."
+            "instead (e.g. smollm2-135m), with the same recipe, into an output_dir named after it; or run this "
+            "config file instead (a path relative to the config that names it), the command's flags applied to it "
+            "as to the first. Unset: fail."
         },
     )
     init: str = field(
@@ -379,6 +381,9 @@ def load_yaml(path: Path) -> dict:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; keys must be argument names (see --help)")
+    fallback = values.get("offline_fallback")
+    if isinstance(fallback, str) and fallback.endswith((".yaml", ".yml")) and not Path(fallback).is_absolute():
+        values["offline_fallback"] = str(path.parent / fallback)  # beside the config that names it
     # argparse checks `choices` on the command line only, not on defaults, so check the file's values here.
     for cls in ALL_ARGUMENTS:
         for f in dataclasses.fields(cls):

@@ -88,8 +88,33 @@ USER_ERRORS = (
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
     model_args, data_args, training_args = parse_args(argv)
-    return train(model_args, data_args, training_args)
+    try:
+        return train(model_args, data_args, training_args)
+    except OfflineFallback as fallback:  # the Hub is out of reach: the recipe the config names for that case
+        return train(*parse_args(["--config", fallback.config, *without_config(argv)]))
+
+
+class OfflineFallback(Exception):
+    """The base model needs the Hub, which cannot be reached, and `offline_fallback` names a config to run."""
+
+    def __init__(self, config: str):
+        super().__init__(config)
+        self.config = config
+
+
+def without_config(argv: list[str]) -> list[str]:
+    """The flags of `argv` without `--config FILE`: they override the fallback config as they did the first."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--config":
+            skip = True
+        elif not arg.startswith("--config="):
+            kept.append(arg)
+    return kept
 
 
 def train(model_args, data_args, training_args, data: tuple | None = None) -> dict:
@@ -388,8 +413,9 @@ def resolve_base_model(model_args, training_args, cache_dir: str | None) -> tupl
     """Where the base model loads from, and where its weights came from (`None` for a Hub checkpoint).
 
     A Hub model that is neither cached nor reachable is decided on at once, with one request and no retries:
-    with `offline_fallback` set, that model (e.g. the embedded `smollm2-135m`) is trained instead, into an
-    output directory named after it; without it, an error that says what to do.
+    with `offline_fallback` set to a model (e.g. the embedded `smollm2-135m`), that model is trained instead with
+    the same recipe, into an output directory named after it; set to a config file, `OfflineFallback` hands
+    the run to that config (`main`); without it, an error that says what to do.
     """
     name = model_args.model_name_or_path
     local = Path(name).expanduser()
@@ -416,6 +442,14 @@ def resolve_base_model(model_args, training_args, cache_dir: str | None) -> tupl
                 f"(--model_name_or_path DIR), an embedded pretrained model (--model_name_or_path "
                 f"{' or '.join(EMBEDDED)}), or --offline_fallback smollm2-135m"
             )
+        if fallback.endswith((".yaml", ".yml")):
+            logger.warning(
+                "The Hub cannot be reached, so %s cannot be downloaded: running %s instead (offline_fallback; unset "
+                "it to stop instead)",
+                name,
+                fallback,
+            )
+            raise OfflineFallback(fallback)
         output_dir = str(Path(training_args.output_dir).with_name(Path(fallback).name))
         logger.warning(
             "The Hub cannot be reached, so %s cannot be downloaded: training the pretrained %s instead, with the same "

@@ -206,3 +206,28 @@ def test_smollm2_recipe_saves_a_llama_classifier_that_a_plain_pipeline_loads(tmp
     ours = load_classifier(str(out))(texts)
     for a, b in zip(ours, answers["one_by_one"], strict=True):
         assert a["label"] == b["label"] and abs(a["score"] - b["score"]) < 1e-4
+
+
+def test_a_fallback_config_runs_its_own_recipe_with_the_same_flags(tiny_llama, tmp_path, monkeypatch, caplog):
+    """`offline_fallback: other.yaml`: without the Hub, that config runs instead (found beside the first), and
+    the command's flags apply to it as they did to the first."""
+    monkeypatch.setattr(train, "hub_reachable", lambda: False)
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "main.yaml").write_text(
+        "model_name_or_path: gpt2\noffline_fallback: fallback.yaml\nlearning_rate: 5.0e-5\n"
+        f"output_dir: {tmp_path / 'outputs' / 'gpt2-small'}\n"
+    )
+    (configs / "fallback.yaml").write_text(
+        f"model_name_or_path: {tiny_llama}\nlearning_rate: 1.0e-3\nmessage_template: 'Spam? {{message}} Answer:'\n"
+        f"output_dir: {tmp_path / 'outputs' / 'fallback'}\n"
+    )
+    flags = ["--max_steps", "3", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true"]
+    with caplog.at_level(logging.WARNING, logger="hf_spam"):
+        summary = train.main(["--config", str(configs / "main.yaml"), *flags, "--evaluate_held_out", "false"])
+    trained = tmp_path / "outputs" / "fallback"
+    assert summary["base_model"]["name"] == str(tiny_llama) and not (tmp_path / "outputs" / "gpt2-small").exists()
+    recorded = json.loads((trained / "hf_spam_run.json").read_text())
+    assert recorded["training"]["learning_rate"] == 1e-3 and recorded["model"]["message_template"]
+    assert recorded["training"]["max_steps"] == 3  # the command's flag, applied to the fallback config
+    assert any(f"running {configs / 'fallback.yaml'} instead" in r.getMessage() for r in caplog.records)
