@@ -248,6 +248,9 @@ def create_app(
 
     @app.get("/health")
     async def health():
+        # A server whose batching loop has died would accept requests and answer none: say so to the balancer.
+        if batcher.task is None or batcher.task.done():
+            return JSONResponse({"status": "error", "error": "the batching loop is not running"}, 503)
         return {"status": "ok"}
 
     @app.get("/info")

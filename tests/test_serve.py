@@ -197,6 +197,16 @@ def test_poisoned_requests_fail_alone_and_innocent_ones_get_their_own_scores(sav
             assert 400 <= status < 500 and str(answer.get("field")).startswith("inputs"), (body[:80], status, answer)
 
 
+def test_health_fails_when_the_batching_loop_is_dead(server):
+    assert urllib.request.urlopen(server.url + "/health").status == 200
+    task = server.app.state.batcher.task
+    task.get_loop().call_soon_threadsafe(task.cancel)
+    time.sleep(0.2)
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(server.url + "/health")
+    assert err.value.code == 503 and json.loads(err.value.read())["status"] == "error"
+
+
 def test_health_and_info(server, saved):
     with urllib.request.urlopen(server.url + "/health") as response:
         assert json.loads(response.read()) == {"status": "ok"}
