@@ -182,13 +182,16 @@ def run_settings(model_args, data_args, training_args) -> dict:
 
 
 def differences(before: dict, now: dict) -> list[str]:
-    """`group.key` of every setting that differs between two `run_settings`."""
-    return sorted(
-        f"{group}.{key}"
-        for group in before.keys() | now.keys()
-        for key in (before.get(group) or {}).keys() | (now.get(group) or {}).keys()
-        if (before.get(group) or {}).get(key) != (now.get(group) or {}).get(key)
-    )
+    """Every setting that differs between two records of settings: `group.key` inside groups of settings,
+    `name` for a value of its own."""
+    found = []
+    for group in sorted(before.keys() | now.keys()):
+        old, new = before.get(group), now.get(group)
+        if isinstance(old, dict) and isinstance(new, dict):
+            found += [f"{group}.{key}" for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
+        elif old != new:
+            found.append(group)
+    return found
 
 
 def prepare_output_dir(

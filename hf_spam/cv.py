@@ -39,6 +39,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from hf_spam.baseline import tfidf_classifier
+from hf_spam.checkpoints import differences, run_settings
 from hf_spam.config import parse_args
 from hf_spam.data import DataReport, default_cache_dir, distinct_rows, prepare_splits, read_data
 from hf_spam.metrics import FPR_BUDGETS, score_predictions, spam_score_metrics
@@ -171,26 +172,9 @@ def baseline_probabilities(splits, seed: int, embeddings: dict | None) -> dict[s
 
 
 def settings_of(argv: list[str], folds: int, data_digest: str) -> dict:
-    """What decides a cross-validation's results: the resolved arguments (output directory aside), the fold
-    count and the data. A directory's folds are reused only under the same settings."""
-    model_args, data_args, training_args = parse_args([*argv, "--output_dir", "."])
-    training = {
-        k: v
-        for k, v in training_args.to_dict().items()
-        if k not in ("output_dir", "logging_dir", "push_to_hub", "hub_token", "resume_from_checkpoint")
-    }
-    return json.loads(
-        json.dumps(
-            {
-                "folds": folds,
-                "data_sha256": data_digest,
-                "model": dataclasses.asdict(model_args),
-                "data": dataclasses.asdict(data_args),
-                "training": training,
-            },
-            default=str,
-        )
-    )
+    """What decides a cross-validation's results: the recipe's settings (`checkpoints.run_settings`, where
+    things are written aside), the fold count and the data. A directory's folds are reused only under the same."""
+    return {"folds": folds, "data_sha256": data_digest, **run_settings(*parse_args([*argv, "--output_dir", "."]))}
 
 
 def check_settings(cv_dir: Path, settings: dict) -> None:
@@ -199,17 +183,7 @@ def check_settings(cv_dir: Path, settings: dict) -> None:
     if path.is_file():
         before = json.loads(path.read_text())
         if before != settings:
-            differ = sorted(
-                f"{group}.{key}" if isinstance(settings.get(group), dict) else group
-                for group in settings.keys() | before.keys()
-                for key in (
-                    (settings.get(group) or {}).keys() | (before.get(group) or {}).keys()
-                    if isinstance(settings.get(group), dict)
-                    else [None]
-                )
-                if (settings.get(group) if key is None else (settings.get(group) or {}).get(key))
-                != (before.get(group) if key is None else (before.get(group) or {}).get(key))
-            )
+            differ = differences(before, settings)
             raise CVError(
                 f"{cv_dir} holds a cross-validation with other settings ({', '.join(differ)} differ); "
                 "give another --output_dir, or remove that directory to start again"
