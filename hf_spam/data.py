@@ -131,15 +131,29 @@ def _offline() -> bool:
     )
 
 
+# The zip is about 200 KB and its one file 478 KB: anything far larger is not the collection, and is neither
+# downloaded whole nor decompressed.
+MAX_DOWNLOAD_BYTES = 10 << 20
+MAX_MEMBER_BYTES = 10 << 20
+
+
 def _fetch(url: str, timeout: float) -> bytes:
-    """Download `url` whole, or raise DownloadError. `timeout` bounds each socket wait and the total."""
+    """Download `url` whole, or raise DownloadError. `timeout` bounds each socket wait and the total; the
+    download stops past `MAX_DOWNLOAD_BYTES`."""
+    max_bytes = MAX_DOWNLOAD_BYTES
     deadline = time.monotonic() + timeout
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             expected = response.headers.get("Content-Length")
+            if expected is not None and expected.isdigit() and int(expected) > max_bytes:
+                raise DownloadError(
+                    f"{url}: {int(expected):,} bytes announced; the archive is far smaller (cap {max_bytes:,})"
+                )
             buffer = io.BytesIO()
             while chunk := response.read(1 << 16):
                 buffer.write(chunk)
+                if buffer.tell() > max_bytes:
+                    raise DownloadError(f"{url}: more than {max_bytes:,} bytes; the archive is far smaller")
                 if time.monotonic() > deadline:
                     raise DownloadError(f"{url}: download took longer than {timeout:g}s")
     # HTTPError, refused, DNS, socket timeout, reset; HTTPException: a chunked transfer cut short, a bad status line
@@ -159,6 +173,11 @@ def _extract_and_verify(archive: bytes, url: str) -> bytes:
             names = [n for n in zf.namelist() if Path(n).name == ARCHIVE_MEMBER]
             if not names:
                 raise DataIntegrityError(f"{url}: the archive has no {ARCHIVE_MEMBER} file (found {zf.namelist()})")
+            size = zf.getinfo(names[0]).file_size
+            if size > MAX_MEMBER_BYTES:  # checked before decompressing: a zip bomb never unpacks
+                raise DataIntegrityError(
+                    f"{url}: {ARCHIVE_MEMBER} would unpack to {size:,} bytes; expected about 478 KB"
+                )
             content = zf.read(names[0])
     except zipfile.BadZipFile as err:
         raise DataIntegrityError(

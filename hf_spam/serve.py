@@ -60,6 +60,10 @@ def parse_request(body: bytes, limits: Limits) -> tuple[list[str], bool, int | N
         payload = json.loads(text)
     except json.JSONDecodeError as err:
         raise RequestError(400, f"the body is not JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+    except RecursionError:  # nesting deeper than Python's parser follows
+        raise RequestError(400, "the body is JSON nested too deeply") from None
+    except ValueError as err:  # a number of more digits than Python converts (4,300)
+        raise RequestError(400, f"the body holds a number too large: {err}") from None
     if not isinstance(payload, dict):
         raise RequestError(422, f"the body must be a JSON object with inputs, got {type(payload).__name__}")
     unknown = sorted(set(payload) - {"inputs", "parameters", "options"})

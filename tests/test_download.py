@@ -295,3 +295,29 @@ def test_missing_data_file_raises_file_not_found_naming_the_path(tmp_path, serve
     with pytest.raises(FileNotFoundError, match=str(missing)):
         load_sms_spam(data_file=str(missing), cache_dir=str(tmp_path / "cache"))
     assert sum(server.requests.values()) == 0
+
+
+def test_a_download_past_the_size_cap_stops_announced_or_not(tmp_path, server, monkeypatch):
+    from hf_spam import data
+
+    monkeypatch.setattr(data, "MAX_DOWNLOAD_BYTES", 100_000)
+    big = b"x" * 300_000
+    server.routes["/announced.zip"] = send(big)
+    server.routes["/unannounced.zip"] = lambda h: (h.send_response(200), h.end_headers(), h.wfile.write(big))
+    for name in ("/announced.zip", "/unannounced.zip"):
+        with pytest.raises(DownloadError, match="100,000"):
+            obtain_data_file(urls=[server.url(name)], cache_dir=tmp_path / "cache", allow_bundled=False)
+    assert files_in(tmp_path / "cache") == []
+
+
+def test_a_zip_bomb_is_refused_before_it_unpacks(tmp_path, server, monkeypatch):
+    from hf_spam import data
+
+    bomb = zip_of(b"\0" * 20_000_000)  # 20 MB of zeros: a 20 KB download
+    assert len(bomb) < 100_000
+    server.routes["/bomb.zip"] = send(bomb)
+    unpacked = []
+    monkeypatch.setattr(zipfile.ZipFile, "read", lambda self, name: unpacked.append(name) or b"")
+    with pytest.raises(DataIntegrityError, match="would unpack to 20,000,000 bytes"):
+        obtain_data_file(urls=[server.url("/bomb.zip")], cache_dir=tmp_path / "cache", allow_bundled=False)
+    assert unpacked == [] and data.MAX_MEMBER_BYTES < 20_000_000

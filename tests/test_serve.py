@@ -21,7 +21,7 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from hf_spam.inference import load_classifier  # noqa: E402
 from hf_spam.loadtest import free_port  # noqa: E402
-from hf_spam.serve import Limits, create_app  # noqa: E402
+from hf_spam.serve import Limits, RequestError, create_app, parse_request  # noqa: E402
 
 from .conftest import ROOT  # noqa: E402
 
@@ -155,6 +155,16 @@ def test_a_failure_inside_the_model_is_a_500_and_the_server_keeps_serving(saved)
         assert status == 500 and "out of memory (simulated)" in body["error"]
         status, body = post(server.url + "/predict", b'{"inputs": "ok"}')
         assert status == 200 and body[0][0]["label"] in {"ham", "spam"}
+
+
+def test_deep_nesting_and_huge_numbers_are_4xx_not_500():
+    limits = Limits(max_body_bytes=1_000_000, max_texts=8, max_text_chars=1000)
+    with pytest.raises(RequestError) as err:
+        parse_request(b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", limits)
+    assert err.value.status == 400 and "nested too deeply" in str(err.value)
+    with pytest.raises(RequestError) as err:
+        parse_request(b'{"inputs": "hi", "parameters": {"top_k": ' + b"9" * 5000 + b"}}", limits)
+    assert err.value.status == 400 and "number too large" in str(err.value)
 
 
 POISON = [
