@@ -81,6 +81,9 @@ class SpamModelCardData:
     pooling: str = "last"
     causal_mask: bool = True
     lora: dict[str, Any] | None = None
+    # What the tokenizer adds to every message (`message_template`, `append_eos`), which pipeline() does too.
+    message_template: str | None = None
+    append_eos: bool = False
     # `keep_layers`: the decoder layers kept, and how many the base model has.
     kept_layers: int | None = None
     base_layers: int | None = None
@@ -136,6 +139,8 @@ class SpamModelCardData:
             pad_token=tokenizer.pad_token if tokenizer is not None else "<|endoftext|>",
             weights_source=weights_source,
             kept_layers=model_args.keep_layers,
+            message_template=model_args.message_template,
+            append_eos=model_args.append_eos,
             base_layers=base_layers,
         )
 

@@ -332,7 +332,12 @@ def test_the_card_shows_its_evidence_and_the_baseline_it_beat(card):
     card.metrics["tfidf"] = {"test": split_metrics(131, 0, 8, 123)}
     card.figures = {"loss.png": "Training and validation loss", "confusion_matrix.png": "Confusion matrix"}
     card.kept_layers, card.base_layers = 16, 30
+    card.message_template = "<|im_start|>user\nIs this SMS message spam?\n{message}<|im_end|>\n"
     text = render_model_card(card)
+    assert (
+        "- **Input:** the tokenizer wraps every message as `<|im_start|>user\\nIs this SMS message spam?\\n{message}<|im_end|>\\n`"
+        in text
+    )
     # each Model bullet on a line of its own (the labels ran into the next bullet)
     assert re.search(r"labels `ham` \(0\), `spam` \(1\)\n- \*\*Trainable parameters:\*\*", text)
     assert "| test, TF-IDF baseline | 262 | 0.9695 | 1.0000 | 0.9389 | 0.9685 |" in text
