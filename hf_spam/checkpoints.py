@@ -168,16 +168,19 @@ TRAINING_KEYS = (
     "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "optim", "adam_beta1", "adam_beta2",
     "adam_epsilon", "max_grad_norm", "class_weights", "trunk_cache", "trunk_dtype", "max_fpr",
 )  # fmt: skip
-# Data arguments that only say where things are cached or downloaded from.
+# Data arguments that only say where things are cached or downloaded from, and model arguments that only say
+# what else is saved.
 DATA_KEYS_IGNORED = ("data_cache_dir", "data_urls", "download_timeout")
+MODEL_KEYS_IGNORED = ("save_adapter",)
 
 
 def run_settings(model_args, data_args, training_args) -> dict:
-    """What decides a run's result, as plain JSON values: every model argument, the data arguments (where
-    things are cached aside) and the training arguments of `TRAINING_KEYS`."""
+    """What decides a run's result, as plain JSON values: the model arguments (`save_adapter` aside), the data
+    arguments (where things are cached aside) and the training arguments of `TRAINING_KEYS`."""
     data = {k: v for k, v in dataclasses.asdict(data_args).items() if k not in DATA_KEYS_IGNORED}
     training = {k: getattr(training_args, k, None) for k in TRAINING_KEYS}
-    settings = {"model": dataclasses.asdict(model_args), "data": data, "training": training}
+    model = {k: v for k, v in dataclasses.asdict(model_args).items() if k not in MODEL_KEYS_IGNORED}
+    settings = {"model": model, "data": data, "training": training}
     return json.loads(json.dumps(settings, default=str))
 
 

@@ -317,6 +317,15 @@ class SpamTrainingArguments(TrainingArguments):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         super().__post_init__()
+        if self.class_weights not in (None, "balanced"):
+            try:
+                weights = [float(w) for w in self.class_weights.split(",")]
+            except ValueError:
+                weights = []
+            if not weights or not all(math.isfinite(w) and w > 0 for w in weights):
+                raise ValueError(
+                    f"class_weights must be 'balanced' or positive numbers, one per class, got {self.class_weights!r}"
+                )
         if self.max_fpr is not None and not 0.0 <= self.max_fpr < 1.0:
             raise ValueError(f"max_fpr must be a fraction in [0, 1), got {self.max_fpr}")
 
