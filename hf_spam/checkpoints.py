@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 import shutil
 import signal
@@ -210,7 +211,7 @@ def prepare_output_dir(
     """
     output_dir = Path(output_dir)
     record = output_dir / RUN_RECORD
-    before = json.loads(record.read_text()) if record.is_file() else None
+    before = json.loads(record.read_text()) if resume and record.is_file() else None
     held = [name for name in ("config.json", "model.safetensors", "metrics.json") if (output_dir / name).exists()]
     held += [p.name for p in checkpoints_newest_first(output_dir)] if output_dir.is_dir() else []
     if held and resume and before is not None and before != settings and not overwrite:
@@ -232,4 +233,7 @@ def prepare_output_dir(
                 shutil.rmtree(path)
                 logger.info("overwrite_output_dir: removed %s (made from the replaced run)", path)
     output_dir.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(settings, indent=2) + "\n")
+    # Beside it, then renamed: the other processes of a launch may be reading it (resume) at this moment.
+    partial = record.with_name(f".{RUN_RECORD}.part")
+    partial.write_text(json.dumps(settings, indent=2) + "\n")
+    os.replace(partial, record)
