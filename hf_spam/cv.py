@@ -41,7 +41,14 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from hf_spam.baseline import tfidf_classifier
 from hf_spam.checkpoints import differences, run_settings
 from hf_spam.config import parse_args
-from hf_spam.data import DataReport, default_cache_dir, distinct_rows, prepare_splits, read_data
+from hf_spam.data import (
+    DataReport,
+    default_cache_dir,
+    distinct_rows,
+    prepare_splits,
+    read_data,
+    source_arguments,
+)
 from hf_spam.metrics import FPR_BUDGETS, score_predictions, spam_score_metrics
 from hf_spam.sentence_baseline import SENTENCE_MODEL, sentence_embeddings, sentence_model_dir
 
@@ -215,7 +222,7 @@ def cross_validate(argv: list[str], n_folds: int = 5, baselines: bool = True, ke
     model_args, data_args, training_args = parse_args(argv)
     seed = training_args.seed
     cv_dir = Path(f"{training_args.output_dir.rstrip('/')}-cv")
-    given, report = read_data(**data_source(data_args))
+    given, report = read_data(balance=data_args.balance, **source_arguments(data_args))
     texts, labels = distinct_rows(given, report)
     folds = make_folds(texts, labels, report.classes, n_folds, seed)
     check_settings(cv_dir, settings_of(argv, n_folds, data_digest(texts, labels)))
@@ -254,27 +261,6 @@ def cross_validate(argv: list[str], n_folds: int = 5, baselines: bool = True, ke
     print(markdown_summary(summary, binary))
     print(f"written to {cv_dir}: oof.csv, cv.json, cv.md")
     return summary
-
-
-def data_source(data_args) -> dict:
-    """`read_data`'s arguments from `DataArguments` (the source and how to read it; no split settings)."""
-    return {
-        "dataset_name": data_args.dataset_name,
-        "dataset_config_name": data_args.dataset_config_name,
-        "dataset_revision": data_args.dataset_revision,
-        "train_file": data_args.train_file,
-        "validation_file": data_args.validation_file,
-        "test_file": data_args.test_file,
-        "text_column": data_args.text_column,
-        "label_column": data_args.label_column,
-        "spam_label": data_args.spam_label,
-        "lenient": data_args.lenient,
-        "balance": data_args.balance,
-        "data_file": data_args.data_file,
-        "cache_dir": data_args.data_cache_dir,
-        "urls": data_args.data_urls,
-        "download_timeout": data_args.download_timeout,
-    }
 
 
 def sentence_vectors(texts: list[str], digest: str, wanted: bool) -> dict[str, np.ndarray] | None:

@@ -467,6 +467,26 @@ def read_data(
     return rows.splits, report
 
 
+def source_arguments(data_args) -> dict:
+    """`read_data`'s arguments from `DataArguments`: the source and how to read it (no split settings)."""
+    return {
+        "dataset_name": data_args.dataset_name,
+        "dataset_config_name": data_args.dataset_config_name,
+        "dataset_revision": data_args.dataset_revision,
+        "train_file": data_args.train_file,
+        "validation_file": data_args.validation_file,
+        "test_file": data_args.test_file,
+        "text_column": data_args.text_column,
+        "label_column": data_args.label_column,
+        "spam_label": data_args.spam_label,
+        "lenient": data_args.lenient,
+        "data_file": data_args.data_file,
+        "cache_dir": data_args.data_cache_dir,
+        "urls": data_args.data_urls,
+        "download_timeout": data_args.download_timeout,
+    }
+
+
 def load_data(
     dedupe_texts: bool = True,
     balance: str = "undersample",

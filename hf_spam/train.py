@@ -35,6 +35,7 @@ from hf_spam.data import (
     SplitError,
     default_cache_dir,
     load_data,
+    source_arguments,
     tokenize_splits,
 )
 from hf_spam.hub import push_output_dir
@@ -387,25 +388,12 @@ def load_splits(data_args, seed: int):
     """The data stage: any source (`DataArguments`) through dedupe -> balance -> split, with the held-out
     messages when the natural-rate evaluation is on."""
     return load_data(
-        dataset_name=data_args.dataset_name,
-        dataset_config_name=data_args.dataset_config_name,
-        dataset_revision=data_args.dataset_revision,
-        train_file=data_args.train_file,
-        validation_file=data_args.validation_file,
-        test_file=data_args.test_file,
-        text_column=data_args.text_column,
-        label_column=data_args.label_column,
-        spam_label=data_args.spam_label,
-        lenient=data_args.lenient,
         dedupe_texts=data_args.dedupe,
         balance=data_args.balance,
         split_ratios=data_args.split_ratios,
         seed=seed,
         keep_held_out=data_args.evaluate_held_out,
-        data_file=data_args.data_file,
-        cache_dir=data_args.data_cache_dir,
-        urls=data_args.data_urls,
-        download_timeout=data_args.download_timeout,
+        **source_arguments(data_args),
     )
 
 
