@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import re
 import shutil
 import signal
@@ -23,6 +22,8 @@ import torch
 from safetensors import safe_open
 from transformers import TrainerCallback
 from transformers.trainer_pt_utils import safe_globals
+
+from hf_spam.data import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -234,6 +235,4 @@ def prepare_output_dir(
                 logger.info("overwrite_output_dir: removed %s (made from the replaced run)", path)
     output_dir.mkdir(parents=True, exist_ok=True)
     # Beside it, then renamed: the other processes of a launch may be reading it (resume) at this moment.
-    partial = record.with_name(f".{RUN_RECORD}.part")
-    partial.write_text(json.dumps(settings, indent=2) + "\n")
-    os.replace(partial, record)
+    write_atomically(json.dumps(settings, indent=2).encode() + b"\n", record)

@@ -26,11 +26,11 @@ import csv
 import dataclasses
 import gc
 import hashlib
+import io
 import json
 import logging
-import os
+import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -48,6 +48,7 @@ from hf_spam.data import (
     prepare_splits,
     read_data,
     source_arguments,
+    write_atomically,
 )
 from hf_spam.metrics import FPR_BUDGETS, score_predictions, spam_score_metrics
 from hf_spam.sentence_baseline import SENTENCE_MODEL, sentence_embeddings, sentence_model_dir
@@ -70,10 +71,6 @@ class Folds:
     labels: np.ndarray
     fold: np.ndarray
     classes: list[str]
-
-    @property
-    def count(self) -> int:
-        return int(self.fold.max()) + 1
 
 
 def make_folds(texts: list[str], labels: list[int], classes: list[str], folds: int, seed: int) -> Folds:
@@ -158,9 +155,7 @@ def read_probabilities(path: Path, test, classes: list[str]) -> np.ndarray:
 def remove_weights(model_dir: Path) -> None:
     """A fold's model is a means to its scores: its weights and checkpoints (hundreds of MB) go once they are read."""
     for path in model_dir.glob("checkpoint-*"):
-        for file in sorted(path.rglob("*"), reverse=True):
-            file.unlink() if file.is_file() else file.rmdir()
-        path.rmdir()
+        shutil.rmtree(path)
     for path in model_dir.glob("*.safetensors"):
         path.unlink()
 
@@ -197,17 +192,7 @@ def check_settings(cv_dir: Path, settings: dict) -> None:
             )
     else:
         cv_dir.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, json.dumps(settings, indent=2) + "\n")
-
-
-def write_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        write_atomically(json.dumps(settings, indent=2).encode() + b"\n", path)
 
 
 def data_digest(folds_texts: list[str], labels: list[int]) -> str:
@@ -251,7 +236,7 @@ def cross_validate(argv: list[str], n_folds: int = 5, baselines: bool = True, ke
         if baselines:
             scored.update(baseline_probabilities(splits, seed, embeddings))
         fold["probabilities"] = {name: p.tolist() for name, p in scored.items()}
-        write_atomically(path, json.dumps(fold) + "\n")
+        write_atomically(json.dumps(fold).encode() + b"\n", path)
         results.append(fold)
         print(fold_line(fold, n_folds, folds.classes, binary), flush=True)
     summary = summarize(results, folds, binary, time.perf_counter() - started)
@@ -281,10 +266,9 @@ def sentence_vectors(texts: list[str], digest: str, wanted: bool) -> dict[str, n
         vectors = np.load(path)
     else:
         vectors = sentence_embeddings(texts, model_dir)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".part", delete=False) as f:
-            np.save(f, vectors)
-        os.replace(f.name, path)
+        buffer = io.BytesIO()
+        np.save(buffer, vectors)
+        write_atomically(buffer.getvalue(), path)
     return dict(zip(texts, vectors, strict=True))
 
 
@@ -366,24 +350,23 @@ def worst_errors(results: list[dict], classes: list[str]) -> list[dict]:
 def write_outputs(cv_dir: Path, results: list[dict], folds: Folds, summary: dict, binary: bool) -> None:
     names = list(results[0]["probabilities"])
     target = {"spam": folds.classes.index("spam")} if binary else {}
-    fd, tmp = tempfile.mkstemp(dir=cv_dir, prefix=".oof.csv.", suffix=".part")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        if binary:
-            writer.writerow(["text", "label", "fold", "score", *(f"{n}_score" for n in names if n != "model")])
-        else:
-            writer.writerow(["text", "label", "fold", "prediction", *(f"p_{c}" for c in folds.classes)])
-        for r in results:
-            for i, (text, label) in enumerate(zip(r["texts"], r["labels"], strict=True)):
-                if binary:
-                    scores = [f"{r['probabilities'][n][i][target['spam']]:.8g}" for n in names]
-                    writer.writerow([text, folds.classes[label], r["fold"], *scores])
-                else:
-                    p = r["probabilities"]["model"][i]
-                    writer.writerow([text, folds.classes[label], r["fold"], folds.classes[int(np.argmax(p))], *p])
-    os.replace(tmp, cv_dir / "oof.csv")
-    write_atomically(cv_dir / "cv.json", json.dumps(summary, indent=2) + "\n")
-    write_atomically(cv_dir / "cv.md", markdown_summary(summary, binary, full=True) + "\n")
+    f = io.StringIO(newline="")
+    writer = csv.writer(f)
+    if binary:
+        writer.writerow(["text", "label", "fold", "score", *(f"{n}_score" for n in names if n != "model")])
+    else:
+        writer.writerow(["text", "label", "fold", "prediction", *(f"p_{c}" for c in folds.classes)])
+    for r in results:
+        for i, (text, label) in enumerate(zip(r["texts"], r["labels"], strict=True)):
+            if binary:
+                scores = [f"{r['probabilities'][n][i][target['spam']]:.8g}" for n in names]
+                writer.writerow([text, folds.classes[label], r["fold"], *scores])
+            else:
+                p = r["probabilities"]["model"][i]
+                writer.writerow([text, folds.classes[label], r["fold"], folds.classes[int(np.argmax(p))], *p])
+    write_atomically(f.getvalue().encode(), cv_dir / "oof.csv")
+    write_atomically(json.dumps(summary, indent=2).encode() + b"\n", cv_dir / "cv.json")
+    write_atomically((markdown_summary(summary, binary, full=True) + "\n").encode(), cv_dir / "cv.md")
 
 
 def fold_line(fold: dict, n_folds: int, classes: list[str], binary: bool) -> str:

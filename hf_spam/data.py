@@ -190,7 +190,7 @@ def _extract_and_verify(archive: bytes, url: str) -> bytes:
     return content
 
 
-def _write_atomically(content: bytes, target: Path) -> None:
+def write_atomically(content: bytes, target: Path) -> None:
     """Write to a temporary file beside `target` and rename: a reader never sees a partial file."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
@@ -247,7 +247,7 @@ def obtain_data_file(
             logger.warning("Download failed, trying the next source: %s", err)
             failures.append(str(err))
             continue
-        _write_atomically(_extract_and_verify(archive, url), cached)
+        write_atomically(_extract_and_verify(archive, url), cached)
         logger.info("Data source: downloaded %s, verified sha256, cached at %s", url, cached)
         return url, cached
 
