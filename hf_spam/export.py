@@ -25,6 +25,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,6 +34,9 @@ from torch import nn
 from hf_spam.modeling import is_gpt2, use_fused_gelu
 from hf_spam.pooling import pool_padded, pooling_of
 from hf_spam.trunk_cache import last_block_at_last_tokens, split_c_attn, trunk_module
+
+if TYPE_CHECKING:
+    from hf_spam.inference import SpamClassifier
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +140,7 @@ def export(
         report = {"model_dir": str(model_dir), "opset": opset, "verified_on": split, "messages": len(texts)}
         report["export_seconds"] = round(time.perf_counter() - started, 1)
 
-        reference = classifier(model, tokenizer).probabilities(texts)
+        reference = classifier(model, tokenizer).predict_proba(texts)
         exported = onnx_probabilities(float_path, tokenizer, model.config)(texts)
         difference = float(np.abs(exported - reference).max()) if len(texts) else 0.0
         disagree = int((exported.argmax(-1) != reference.argmax(-1)).sum())
@@ -259,12 +263,12 @@ def onnx_probabilities(path: Path, tokenizer, config, batch_size: int = 64) -> C
 
 def onnx_classifier(
     model_dir: str, batch_size: int = 64, dtype: str = "float32", threshold: float | None = None
-) -> Callable[[list[str]], list[dict]]:
+) -> SpamClassifier:
     """`hf-spam predict --backend onnxruntime`: `MODEL_DIR/onnx/model.onnx`, or `model_quantized.onnx` for
     `dtype="int8"`, with the tokenizer and labels (and any `spam_threshold`) of `MODEL_DIR`."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from hf_spam.inference import check_model_location, labelled
+    from hf_spam.inference import SpamClassifier, check_model_location
 
     check_model_location(model_dir)
     if dtype not in ONNX_FILES:
@@ -277,7 +281,7 @@ def onnx_classifier(
     check_export_is_current(model_dir)
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
-    return labelled(onnx_probabilities(path, tokenizer, config, batch_size), config, threshold)
+    return SpamClassifier(onnx_probabilities(path, tokenizer, config, batch_size), config, tokenizer, threshold)
 
 
 # What an ONNX graph answers from: the weights, the tokenizer (its post-processor wraps each message) and the

@@ -67,8 +67,9 @@ def load_classifier(
     dtype: str = "float32",
     threshold: float | None = None,
     backend: str = "torch",
-) -> Callable[[list[str]], list[dict]]:
-    """A function `texts -> [{"label": "spam"|"ham", "score": float}, ...]`, in input order.
+) -> SpamClassifier:
+    """The `SpamClassifier` of a trained directory: `classifier(texts)` answers
+    `[{"label": "spam"|"ham", "score": float}, ...]` in input order, `predict_proba` gives the probabilities.
 
     The label is the argmax, as in `pipeline()`, unless there is a decision threshold: `threshold`, else the
     `spam_threshold` saved in the model's config (`--max_fpr` at training). Then a message is spam when its
@@ -127,8 +128,8 @@ def classifier(
     batch_size: int = 64,
     dtype: str = "float32",
     threshold: float | None = None,
-) -> Callable[[list[str]], list[dict]]:
-    """`load_classifier`'s function for a model already in memory (put in eval mode), on its device."""
+) -> SpamClassifier:
+    """`load_classifier`'s classifier for a model already in memory (put in eval mode), on its device."""
     torch_dtype = _torch_dtype(dtype)
     model.eval()
     if torch_dtype == torch.bfloat16:
@@ -141,7 +142,7 @@ def classifier(
         return logits.float().softmax(-1).cpu().numpy()
 
     probabilities = batched(forward, tokenizer, model_context(model.config), batch_size, "pt")
-    return labelled(probabilities, model.config, threshold)
+    return SpamClassifier(probabilities, model.config, tokenizer, threshold)
 
 
 def batched(forward, tokenizer, max_length: int, batch_size: int, tensors: str):
@@ -183,42 +184,59 @@ def _length_batches(order: list[int], lengths: list[int], batch_size: int, slack
         yield batch
 
 
-def labelled(probabilities, config, threshold: float | None = None) -> Callable[[list[str]], list[dict]]:
-    """`texts -> [{"label", "score"}, ...]` from a `batched` probability function and the model's config.
+class SpamClassifier:
+    """A saved classifier ready to answer: its batched probability function, config, tokenizer and decision rule.
+
+    As in setfit, `predict_proba(texts)` gives one row of label probabilities per text and `predict(texts)` the
+    label names; calling it gives `pipeline()`'s answers, `[{"label", "score"}, ...]`.
 
     The label is the argmax, as in `pipeline()`, unless there is a decision threshold: `threshold`, else the
     config's `spam_threshold`. Then a message is spam when its spam probability is at least the threshold,
     and `score` is the probability of the label given.
     """
-    threshold = threshold if threshold is not None else getattr(config, "spam_threshold", None)
-    spam = config.label2id.get("spam")
-    if threshold is not None and (spam is None or len(config.id2label) != 2):
-        labels = ", ".join(config.id2label[i] for i in sorted(config.id2label))
-        raise ValueError(f"threshold: a spam threshold needs a ham/spam model; this one's labels are {labels}")
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold: a spam probability in [0, 1], got {threshold!r}")
 
-    def decide(p: np.ndarray) -> np.ndarray:
+    def __init__(
+        self, probabilities: Callable[[list[str]], np.ndarray] | None, config, tokenizer=None, threshold=None
+    ):
+        threshold = threshold if threshold is not None else getattr(config, "spam_threshold", None)
+        spam = config.label2id.get("spam")
+        if threshold is not None and (spam is None or len(config.id2label) != 2):
+            labels = ", ".join(config.id2label[i] for i in sorted(config.id2label))
+            raise ValueError(f"threshold: a spam threshold needs a ham/spam model; this one's labels are {labels}")
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold: a spam probability in [0, 1], got {threshold!r}")
+        self.probabilities, self.config, self.tokenizer, self.threshold = probabilities, config, tokenizer, threshold
+        self.spam = spam
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        """`[len(texts), labels]` probabilities, in input order."""
+        return self.probabilities(texts)
+
+    def decide(self, p: np.ndarray) -> np.ndarray:
         """The label id of each probability row."""
-        if threshold is None:
+        if self.threshold is None:
             return p.argmax(-1)
-        return np.where(p[:, spam] >= np.float32(threshold), spam, 1 - spam)
+        return np.where(p[:, self.spam] >= np.float32(self.threshold), self.spam, 1 - self.spam)
 
-    def predict(texts: list[str]) -> list[dict]:
-        p = probabilities(texts)
+    def predict(self, texts: list[str]) -> list[str]:
+        """The label of each text."""
+        p = self.predict_proba(texts)
+        return [self.config.id2label[int(i)] for i in self.decide(p)] if len(p) else []
+
+    def __call__(self, texts: list[str]) -> list[dict]:
+        p = self.predict_proba(texts)
         if not len(p):
             return []
-        labels = decide(p)
+        labels = self.decide(p)
         scores = p[np.arange(len(p)), labels]
         return [
-            {"label": config.id2label[int(label)], "score": float(score)}
+            {"label": self.config.id2label[int(label)], "score": float(score)}
             for label, score in zip(labels, scores, strict=True)
         ]
 
-    # The rows behind the answers and the rule that reads them: for comparisons (`hf_spam.export`) and for
-    # answers with every label's score (`hf_spam.serve`).
-    predict.probabilities, predict.decide, predict.config, predict.threshold = probabilities, decide, config, threshold
-    return predict
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """How many tokens the model would read of each text, before truncation (a template's included)."""
+        return [len(ids) for ids in self.tokenizer(texts)["input_ids"]]
 
 
 def _torch_dtype(dtype: str) -> torch.dtype:

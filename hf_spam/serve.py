@@ -156,7 +156,7 @@ class MicroBatcher:
                 size += len(item[0])
             texts = [text for item, _ in batch for text in item]
             try:
-                probabilities = await loop.run_in_executor(self.executor, self.predict.probabilities, texts)
+                probabilities = await loop.run_in_executor(self.executor, self.predict.predict_proba, texts)
             except Exception as err:
                 if len(batch) == 1:
                     logger.warning("a request of %d texts failed: %s: %s", len(texts), type(err).__name__, err)
@@ -176,7 +176,7 @@ class MicroBatcher:
 
     async def _one(self, texts: list[str], future) -> None:
         try:
-            result = await asyncio.get_running_loop().run_in_executor(self.executor, self.predict.probabilities, texts)
+            result = await asyncio.get_running_loop().run_in_executor(self.executor, self.predict.predict_proba, texts)
         except Exception as err:
             logger.warning("a request of %d texts failed: %s: %s", len(texts), type(err).__name__, err)
             if not future.done():

@@ -39,7 +39,7 @@ from hf_spam.data import (
     tokenize_splits,
 )
 from hf_spam.hub import push_output_dir
-from hf_spam.inference import BOOK_EXAMPLES, classifier, labelled
+from hf_spam.inference import BOOK_EXAMPLES, SpamClassifier, classifier
 from hf_spam.malloc import keep_freed_memory
 from hf_spam.metrics import at_spam_rate, compute_metrics, score_predictions
 from hf_spam.model_card import ModelCardCallback, SpamModelCardData, write_model_card
@@ -477,7 +477,7 @@ def write_predictions(path: Path, split, probabilities: np.ndarray, config) -> N
     """`text,label,prediction,p_<class>...` for each message of `split`, in its order: the errors to read, and
     what `hf-spam cv` pools across folds. The prediction follows the model's saved `spam_threshold`, if any."""
     names = [config.id2label[i] for i in range(len(config.id2label))]
-    predicted = labelled(None, config).decide(probabilities)  # predict's own rule: argmax, or the threshold
+    predicted = SpamClassifier(None, config).decide(probabilities)  # predict's own rule: argmax, or the threshold
     with open(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["text", "label", "prediction", *(f"p_{name}" for name in names)])
