@@ -20,6 +20,14 @@ def positive_int(text: str) -> int:
     return _checked(text, int, lambda v: v >= 1, "a whole number of at least 1")
 
 
+def non_negative_int(text: str) -> int:
+    return _checked(text, int, lambda v: v >= 0, "a whole number of at least 0")
+
+
+def unit_fraction(text: str) -> float:
+    return _checked(text, float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+
+
 def positive_float(text: str) -> float:
     return _checked(text, float, lambda v: 0 < v < float("inf"), "a positive number")
 
@@ -33,7 +41,7 @@ def finite_float(text: str) -> float:
 
 
 def port_number(text: str) -> int:
-    return _checked(text, int, lambda v: 0 <= v <= 65535, "a TCP port in 0-65535 (0: any free port)")
+    return _checked(text, int, lambda v: 1 <= v <= 65535, "a TCP port in 1-65535")
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -6,6 +6,7 @@ import argparse
 import itertools
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -127,14 +128,10 @@ def serve_command(args: argparse.Namespace) -> int:
 
     from hf_spam.serve import serve
 
-    for name in ("port", "batch_size", "max_body_bytes", "max_texts", "max_text_chars"):
-        value = getattr(args, name)
-        if value < 1 or (name == "port" and value > 65535):
-            print(
-                f"hf-spam serve: --{name} must be {'1-65535' if name == 'port' else 'at least 1'}, got {value}",
-                file=sys.stderr,
-            )
-            return 2
+    api_key = args.api_key or os.environ.get("HF_SPAM_API_KEY")
+    if api_key is not None and not (api_key.isascii() and api_key.isprintable() and api_key.strip() == api_key):
+        print("hf-spam serve: the API key must be printable ASCII with no spaces at its ends", file=sys.stderr)
+        return 2
     if args.batch_wait_ms < 0 or args.max_batch_texts < 0:
         print("hf-spam serve: --batch_wait_ms and --max_batch_texts must not be negative", file=sys.stderr)
         return 2
@@ -289,6 +286,37 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max_body_bytes", type=positive_int, default=1_000_000)
     serve.add_argument("--max_texts", type=positive_int, default=256, help="Texts one request may hold.")
     serve.add_argument("--max_text_chars", type=positive_int, default=100_000, help="Characters one text may hold.")
+    serve.add_argument(
+        "--max_input_tokens",
+        type=positive_int,
+        default=512,
+        help="Tokens one text may hold, as the model reads it (a message template's included); a longer text is "
+        "refused with 413, not truncated (default 512).",
+    )
+    serve.add_argument(
+        "--max_concurrent_requests",
+        type=positive_int,
+        default=128,
+        help="Requests answered at once; beyond, 429 with Retry-After (default 128).",
+    )
+    serve.add_argument(
+        "--header_timeout_s",
+        type=positive_float,
+        default=10.0,
+        help="Seconds a connection has to send a request's line and headers; then 408 and closed (default 10).",
+    )
+    serve.add_argument(
+        "--body_timeout_s",
+        type=positive_float,
+        default=30.0,
+        help="Seconds a request has to send its body; then 408 (default 30).",
+    )
+    serve.add_argument(
+        "--api_key",
+        default=None,
+        help="Require `Authorization: Bearer KEY` on POST / , POST /predict and GET /info (401 otherwise); "
+        "GET /health and the page stay open. Prefer the HF_SPAM_API_KEY environment variable: a flag shows in ps.",
+    )
     return parser
 
 

@@ -8,6 +8,13 @@ keeps one connection and sends one SMS message of the collection per request (dr
 for each answer before the next. It stops by itself after `--seconds` or `--max_requests`, whichever comes
 first. Reported: requests/s, latency p50/p95/p99, errors (anything but a 200), and the server's peak RSS.
 The clients share the machine with the server; on a 2-core machine they take some of its CPU.
+
+Hostile load, to check that one client cannot hurt the others:
+- `--poison_rate P`: each request is, with probability P, one that must fail alone (a lone surrogate, mixed
+  types, deep nesting, 1 MB of one emoji, a text over `--max_input_tokens`, broken JSON). Each must get a 4xx,
+  and every innocent request a 200; latency is the innocent requests'.
+- `--slow_clients N`: N more connections that send their headers a byte a second (slowloris) and reconnect
+  when the server closes them; `/health` is timed every 0.2 s meanwhile.
 """
 
 from __future__ import annotations
@@ -24,8 +31,9 @@ import threading
 import time
 from pathlib import Path
 
-from hf_spam.argtypes import ArgumentParser, positive_float, positive_int
+from hf_spam.argtypes import ArgumentParser, non_negative_int, positive_float, positive_int, unit_fraction
 
+JSON = {"Content-Type": "application/json"}
 SETUPS = {"micro_batched": [], "one_call_per_request": ["--batch_wait_ms", "0", "--max_batch_texts", "0"]}
 
 
@@ -65,9 +73,30 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def run_load(port: int, texts: list[str], clients: int, seconds: float, max_requests: int, seed: int) -> dict:
+# Bodies that must each fail alone with a 4xx: not text, not the shape, too deep, too large, too many tokens.
+POISON = [
+    '{"inputs": "\\ud800"}',
+    '{"inputs": ["fine", 3, null]}',
+    '{"inputs": ' + "[" * 50_000 + "]" * 50_000 + "}",
+    json.dumps({"inputs": "\U0001f600" * 250_000}, ensure_ascii=False),
+    json.dumps({"inputs": "free prize " * 400}),
+    '{"inputs": "unterminated',
+]
+
+
+def run_load(
+    port: int,
+    texts: list[str],
+    clients: int,
+    seconds: float,
+    max_requests: int,
+    seed: int,
+    poison_rate: float = 0.0,
+    slow_clients: int = 0,
+) -> dict:
     latencies: list[float] = []
     errors: list[str] = []
+    poisoned = {"requests": 0, "answered_4xx": 0, "other": []}
     lock = threading.Lock()
     sent = 0
     stop_at = time.monotonic() + seconds
@@ -81,46 +110,117 @@ def run_load(port: int, texts: list[str], clients: int, seconds: float, max_requ
                 if sent >= max_requests:
                     return
                 sent += 1
-            body = json.dumps({"inputs": rng.choice(texts)})
+            poison = rng.random() < poison_rate
+            body = rng.choice(POISON) if poison else json.dumps({"inputs": rng.choice(texts)})
             start = time.perf_counter()
+            status = None
             try:
-                connection.request("POST", "/predict", body, {"Content-Type": "application/json"})
+                connection.request("POST", "/predict", body.encode("utf-8", "surrogatepass"), JSON)
                 response = connection.getresponse()
                 payload = response.read()
-                ok = response.status == 200
+                status = response.status
             except OSError as err:
-                ok, payload = False, str(err).encode()
+                payload = str(err).encode()
                 connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
             elapsed = time.perf_counter() - start
             with lock:
-                if ok:
+                if poison:
+                    poisoned["requests"] += 1
+                    if status is not None and 400 <= status < 500:
+                        poisoned["answered_4xx"] += 1
+                    else:
+                        poisoned["other"].append(f"{status}: {payload.decode(errors='replace')[:200]}")
+                elif status == 200:
                     latencies.append(elapsed)
                 else:
-                    errors.append(payload.decode(errors="replace")[:200])
+                    errors.append(f"{status}: {payload.decode(errors='replace')[:200]}")
+
+    slow = {"connections": 0, "closed_with_408": 0}
+    health: list[float | None] = []
+
+    def slow_client() -> None:  # slowloris: a header byte a second, a new connection when cut off
+        request = b"POST /predict HTTP/1.1\r\nHost: loopback\r\nContent-Type: application/json\r\n"
+        while time.monotonic() < stop_at:
+            with lock:
+                slow["connections"] += 1
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                    for byte in request:
+                        if time.monotonic() >= stop_at:
+                            return
+                        sock.sendall(bytes([byte]))
+                        try:
+                            if sock.recv(64).startswith(b"HTTP/1.1 408"):
+                                with lock:
+                                    slow["closed_with_408"] += 1
+                            break  # answered or closed: reconnect
+                        except TimeoutError:
+                            continue  # nothing yet: one more byte
+            except OSError:
+                time.sleep(0.1)
+
+    def health_probe() -> None:
+        while time.monotonic() < stop_at:
+            start = time.perf_counter()
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                connection.request("GET", "/health")
+                ok = connection.getresponse().status == 200
+                connection.close()
+            except OSError:
+                ok = False
+            health.append(time.perf_counter() - start if ok else None)
+            time.sleep(0.2)
 
     started = time.perf_counter()
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    if slow_clients:
+        threads += [threading.Thread(target=slow_client) for _ in range(slow_clients)]
+        threads.append(threading.Thread(target=health_probe))
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - started
-    latencies.sort()
 
-    def percentile(q: float) -> float | None:
-        return round(1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1) if latencies else None
-
-    return {
+    result = {
         "requests": len(latencies) + len(errors),
         "errors": len(errors),
         "first_errors": errors[:3],
         "seconds": round(wall, 2),
         "requests_per_s": round(len(latencies) / wall, 1),
-        "latency_ms": {"p50": percentile(0.50), "p95": percentile(0.95), "p99": percentile(0.99)},
+        "latency_ms": percentiles(latencies),
     }
+    if poison_rate:
+        result["poisoned"] = {**poisoned, "other": len(poisoned["other"]), "first_other": poisoned["other"][:3]}
+    if slow_clients:
+        answered = [t for t in health if t is not None]
+        result["slow_clients"] = {**slow, "health_checks": len(health), "health_failed": len(health) - len(answered)}
+        result["slow_clients"]["health_ms"] = percentiles(answered)
+    return result
 
 
-def loadtest(model_dir: str, clients: int, seconds: float, max_requests: int, backend: str, dtype: str, seed: int):
+def percentiles(seconds: list[float]) -> dict:
+    """p50/p95/p99 in milliseconds (None where nothing was measured)."""
+    seconds = sorted(seconds)
+
+    def at(q: float) -> float | None:
+        return round(1000 * seconds[min(len(seconds) - 1, int(q * len(seconds)))], 1) if seconds else None
+
+    return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99)}
+
+
+def loadtest(
+    model_dir: str,
+    clients: int,
+    seconds: float,
+    max_requests: int,
+    backend: str,
+    dtype: str,
+    seed: int,
+    poison_rate: float = 0.0,
+    slow_clients: int = 0,
+):
     from hf_spam.data import bundled_data_file
 
     texts = [line.split("\t", 1)[1] for line in bundled_data_file().read_text(encoding="utf-8").splitlines()]
@@ -131,6 +231,8 @@ def loadtest(model_dir: str, clients: int, seconds: float, max_requests: int, ba
         "clients": clients,
         "seconds": seconds,
         "max_requests": max_requests,
+        "poison_rate": poison_rate,
+        "slow_clients": slow_clients,
         "cpu_count": os.cpu_count(),
         "setups": {},
     }
@@ -139,7 +241,7 @@ def loadtest(model_dir: str, clients: int, seconds: float, max_requests: int, ba
         process, port = start_server(model_dir, extra, backend, dtype)
         result: dict = {}
         try:
-            result = run_load(port, texts, clients, seconds, max_requests, seed)
+            result = run_load(port, texts, clients, seconds, max_requests, seed, poison_rate, slow_clients)
             result["server_peak_rss_mb"] = round(peak_rss_mb(process.pid), 1)
         finally:
             process.send_signal(signal.SIGTERM)
@@ -167,6 +269,20 @@ def table(report: dict) -> str:
             f"| {name} | {r['requests']:,} | {r['requests_per_s']} | {latency['p50']} | {latency['p95']} | "
             f"{latency['p99']} | {r['errors']} | {r['server_peak_rss_mb']} |"
         )
+    for name, r in report["setups"].items():
+        if "poisoned" in r:
+            p = r["poisoned"]
+            lines.append(
+                f"{name}: {p['requests']:,} poisoned requests, {p['answered_4xx']:,} answered 4xx, {p['other']} "
+                f"otherwise; {r['errors']} innocent requests failed"
+            )
+        if "slow_clients" in r:
+            s, h = r["slow_clients"], r["slow_clients"]["health_ms"]
+            lines.append(
+                f"{name}: {s['connections']} slow connections, {s['closed_with_408']} closed with 408; /health "
+                f"{s['health_checks'] - s['health_failed']}/{s['health_checks']} answered, p50 {h['p50']} ms, "
+                f"p99 {h['p99']} ms"
+            )
     if "throughput_ratio" in report:
         lines.append(f"micro-batching: {report['throughput_ratio']}x the requests/s of one call per request")
     return "\n".join(lines)
@@ -183,6 +299,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "int8"], default="float32")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--poison_rate",
+        type=unit_fraction,
+        default=0.0,
+        help="Share of requests that must fail alone with a 4xx (default 0).",
+    )
+    parser.add_argument(
+        "--slow_clients",
+        type=non_negative_int,
+        default=0,
+        help="Extra connections that send headers a byte a second (slowloris); /health is timed meanwhile.",
+    )
     parser.add_argument("--output", type=Path, help="Also write the JSON report here.")
     args = parser.parse_args(argv)
     for name in ("clients", "max_requests"):
@@ -192,7 +320,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seconds must be in (0, 3600]")
     try:
         report = loadtest(
-            args.model, args.clients, args.seconds, args.max_requests, args.backend, args.dtype, args.seed
+            args.model,
+            args.clients,
+            args.seconds,
+            args.max_requests,
+            args.backend,
+            args.dtype,
+            args.seed,
+            args.poison_rate,
+            args.slow_clients,
         )
     except RuntimeError as err:
         print(f"hf-spam loadtest: {err}", file=sys.stderr)
@@ -202,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.output:
         args.output.write_text(text + "\n")
     print(table(report))
-    return 0 if all(r["errors"] == 0 for r in report["setups"].values()) else 1
+    hurt = [r["errors"] or r.get("poisoned", {}).get("other") for r in report["setups"].values()]
+    return 1 if any(hurt) else 0
 
 
 if __name__ == "__main__":

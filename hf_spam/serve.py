@@ -17,8 +17,10 @@ similar length, so every answer equals predict's.
 # No `from __future__ import annotations`: FastAPI reads the `Request` annotation of handlers made inside
 # create_app at run time, where a string could not be resolved (fastapi is imported there, as an extra).
 import asyncio
+import hmac
 import json
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -33,11 +35,18 @@ PAGE = resources.files("hf_spam") / "templates" / "serve.html"
 
 @dataclass
 class Limits:
-    """What one request may hold; beyond it the answer is 413 (too large) or 422 (bad field)."""
+    """What one request and the server may hold. Beyond a request's size: 413, or 422 for a bad field; beyond
+    `max_concurrent_requests` in flight: 429 with Retry-After; headers or body slower than their deadline: 408.
+    `max_input_tokens` counts a text's tokens as the model reads them (a message template's included); a text
+    over it is refused (413) rather than truncated, as a truncated message's score is not that message's."""
 
     max_body_bytes: int = 1_000_000
     max_texts: int = 256
     max_text_chars: int = 100_000
+    max_input_tokens: int = 512
+    max_concurrent_requests: int = 128
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
 
 
 class RequestError(ValueError):
@@ -208,8 +217,13 @@ def create_app(
     max_batch_texts: int = 256,
     limits: Limits | None = None,
     predict=None,
+    api_key: str | None = None,
 ):
-    """The FastAPI application; `predict` (a `load_classifier` function) is loaded from `model_dir` if not given."""
+    """The FastAPI application; `predict` (a `SpamClassifier`) is loaded from `model_dir` if not given.
+
+    With `api_key`, `POST /`, `POST /predict` and `GET /info` need `Authorization: Bearer <api_key>` (401
+    otherwise); `GET /health` and the page stay open, for load balancers and for a browser to ask for the key.
+    """
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
@@ -222,6 +236,9 @@ def create_app(
         predict = load_classifier(model_dir, batch_size=batch_size, dtype=dtype, backend=backend, device="cpu")
     batcher = MicroBatcher(predict, batch_wait_ms, max_batch_texts)
     info = model_info(model_dir, predict, backend, dtype, batch_wait_ms, max_batch_texts, limits)
+    info["api_key_required"] = api_key is not None
+    expected = f"Bearer {api_key}".encode() if api_key is not None else None
+    in_flight = 0
 
     @asynccontextmanager
     async def lifespan(app):
@@ -232,11 +249,39 @@ def create_app(
     app = FastAPI(title="hf_spam", version=info["hf_spam_version"], lifespan=lifespan)
     app.state.batcher = batcher
 
+    def unauthorized(request: Request) -> JSONResponse | None:
+        if expected is None:
+            return None
+        given = request.headers.get("authorization", "").encode("latin-1")
+        if hmac.compare_digest(given, expected):  # constant time: the answer's timing tells nothing of the key
+            return None
+        error = "missing or wrong API key: send the header Authorization: Bearer <key>"
+        return JSONResponse({"error": error}, 401, headers={"WWW-Authenticate": "Bearer"})
+
     async def classify(request: Request):
+        nonlocal in_flight
+        if refused := unauthorized(request):
+            return refused
+        if in_flight >= limits.max_concurrent_requests:
+            error = f"the server is answering its limit of {limits.max_concurrent_requests} requests; retry shortly"
+            return JSONResponse({"error": error}, 429, headers={"Retry-After": "1"})
+        in_flight += 1
         try:
-            texts, single, top_k = parse_request(await _body(request, limits), limits)
+            return await answer(request)
+        finally:
+            in_flight -= 1
+
+    async def answer(request: Request):
+        try:
+            body = await read_body(request, limits)
+            texts, single, top_k = parse_request(body, limits)
+            await check_tokens(predict, texts, single, limits.max_input_tokens)
         except RequestError as err:
-            return JSONResponse({"error": str(err), "field": err.field}, status_code=err.status)
+            headers = {"Connection": "close"} if err.status == 408 else None
+            return JSONResponse({"error": str(err), "field": err.field}, status_code=err.status, headers=headers)
+        except ClientGone as gone:
+            logger.warning("%s", gone)
+            return JSONResponse({"error": str(gone)}, 400)  # nobody reads it: uvicorn drops it
         try:
             probabilities = await batcher.classify(texts)
         except (TypeError, ValueError, UnicodeError) as err:  # what the tokenizer says of a text it cannot take
@@ -258,8 +303,8 @@ def create_app(
         return {"status": "ok"}
 
     @app.get("/info")
-    async def get_info():
-        return info
+    async def get_info(request: Request):
+        return unauthorized(request) or info
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
@@ -268,18 +313,92 @@ def create_app(
     return app
 
 
-async def _body(request, limits: Limits) -> bytes:
-    """The body, read no further than the limit allows (a huge upload is refused, not buffered)."""
+class ClientGone(Exception):
+    """The client closed its connection before it had sent the whole body."""
+
+
+async def read_body(request, limits: Limits) -> bytes:
+    """The body, read no further than the limit allows (a huge upload is refused, not buffered), and within
+    `body_timeout_s` (a client that trickles its body would hold a request slot for ever)."""
+    from starlette.requests import ClientDisconnect
+
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
         raise RequestError(413, f"the body is {int(declared):,} bytes; at most {limits.max_body_bytes:,}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limits.max_body_bytes:
-            raise RequestError(413, f"the body is over {limits.max_body_bytes:,} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(limits.body_timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limits.max_body_bytes:
+                    raise RequestError(413, f"the body is over {limits.max_body_bytes:,} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestError(408, f"the body took over {limits.body_timeout_s:g} s ({size:,} bytes came)") from None
+    except ClientDisconnect:
+        client = f"{request.client[0]}:{request.client[1]}" if request.client else "a client"
+        raise ClientGone(f"{client} disconnected after {size:,} of {declared or '?'} body bytes") from None
     return b"".join(chunks)
+
+
+async def check_tokens(predict, texts: list[str], single: bool, max_tokens: int) -> None:
+    """Refuse (413) a text of more tokens than `max_tokens`, naming it: the work of one request is bounded in
+    tokens, not characters. Tokenized on a worker thread (the fast tokenizer releases the GIL)."""
+    try:
+        counts = await asyncio.to_thread(predict.token_counts, texts)
+    except (TypeError, ValueError, UnicodeError) as err:
+        raise RequestError(422, f"inputs: cannot be tokenized: {type(err).__name__}: {err}", "inputs") from None
+    for i, count in enumerate(counts):
+        if count > max_tokens:
+            where = "inputs" if single else f"inputs[{i}]"
+            raise RequestError(413, f"{where}: {count:,} tokens; at most {max_tokens:,} (--max_input_tokens)", where)
+
+
+def header_deadline_protocol(header_timeout_s: float):
+    """uvicorn's HTTP/1.1 protocol with a deadline on each request's line and headers: a connection that sends
+    them slowly (slowloris) or not at all gets 408 and is closed, instead of holding a socket for ever."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadlineProtocol(H11Protocol):
+        deadline = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self.conn.their_state is h11.IDLE:  # a request is starting: its headers get the deadline
+                self._arm()
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:
+                self._disarm()
+
+        def connection_lost(self, exc):
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self.deadline is None:
+                self.deadline = self.loop.call_later(header_timeout_s, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self.deadline is not None:
+                self.deadline.cancel()
+                self.deadline = None
+
+        def _too_slow(self) -> None:
+            self.deadline = None
+            if self.transport.is_closing():
+                return
+            client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+            logger.warning("%s sent no complete request headers in %g s: 408, closed", client, header_timeout_s)
+            body = f'{{"error": "no complete request headers in {header_timeout_s:g} s"}}'.encode()
+            head = "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            self.transport.write(f"{head}content-length: {len(body)}\r\n\r\n".encode() + body)
+            self.transport.close()
+
+    return HeaderDeadlineProtocol
 
 
 def model_info(model_dir, predict, backend, dtype, batch_wait_ms, max_batch_texts, limits) -> dict:
@@ -310,6 +429,16 @@ def serve(args) -> int:
     """`hf-spam serve`: uvicorn on `args.host:args.port`; SIGTERM or Ctrl-C finish the requests in flight."""
     import uvicorn
 
+    limits = Limits(
+        args.max_body_bytes,
+        args.max_texts,
+        args.max_text_chars,
+        args.max_input_tokens,
+        args.max_concurrent_requests,
+        args.header_timeout_s,
+        args.body_timeout_s,
+    )
+    api_key = args.api_key or os.environ.get("HF_SPAM_API_KEY") or None
     app = create_app(
         args.model,
         backend=args.backend,
@@ -317,9 +446,19 @@ def serve(args) -> int:
         batch_size=args.batch_size,
         batch_wait_ms=args.batch_wait_ms,
         max_batch_texts=args.max_batch_texts,
-        limits=Limits(args.max_body_bytes, args.max_texts, args.max_text_chars),
+        limits=limits,
+        api_key=api_key,
     )
     logger.info("Serving %s on http://%s:%d (backend %s)", args.model, args.host, args.port, args.backend)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30)
+    if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("Serving on %s without an API key: anyone who reaches it may use it (--api_key)", args.host)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        timeout_graceful_shutdown=30,
+        http=header_deadline_protocol(limits.header_timeout_s),
+    )
     uvicorn.Server(config).run()
     return 0

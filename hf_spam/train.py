@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 from functools import partial
 from pathlib import Path
@@ -319,19 +320,25 @@ def train(model_args, data_args, training_args, data: tuple | None = None) -> di
     }
 
     # ---- save / push ----
-    trainer.save_model()  # model + tokenizer (processing_class), safetensors, loadable by a plain pipeline()
+    output_dir = Path(training_args.output_dir)
+    staging = output_dir / STAGING
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)  # what a run killed while saving left
+    trainer.save_model(
+        str(staging)
+    )  # model + tokenizer (processing_class), safetensors, loadable by a plain pipeline()
     trainer.save_state()
     if trainer.is_world_process_zero():
-        output_dir = Path(training_args.output_dir)
         examples_per_step = training_args.train_batch_size * training_args.gradient_accumulation_steps
-        plot_loss(trainer.state.log_history, examples_per_step * training_args.world_size, output_dir / "loss.png")
-        plot_accuracy(trainer.state.log_history, output_dir / "accuracy.png", "spam" if report.is_binary else "macro")
-        plot_confusion_matrix(results["test"]["confusion_matrix"], output_dir / "confusion_matrix.png", report.classes)
+        plot_loss(trainer.state.log_history, examples_per_step * training_args.world_size, staging / "loss.png")
+        plot_accuracy(trainer.state.log_history, staging / "accuracy.png", "spam" if report.is_binary else "macro")
+        plot_confusion_matrix(results["test"]["confusion_matrix"], staging / "confusion_matrix.png", report.classes)
         card.metrics, card.figures = results, dict(FIGURES)
-        write_model_card(output_dir, card)
+        write_model_card(staging, card)
         summary["model_card"] = dataclasses.asdict(card)  # lets `hf-spam push` re-render it for a repo id
-        (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-        write_predictions(output_dir / "test_predictions.csv", splits["test"], probabilities["test"], model.config)
+        (staging / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_predictions(staging / "test_predictions.csv", splits["test"], probabilities["test"], model.config)
+        publish(staging, output_dir)
         print(metrics_table(results, report.classes))
         # The trained model in memory, not a reload of output_dir: a second copy would be the run's peak memory.
         for text, prediction in zip(BOOK_EXAMPLES, classifier(model, tokenizer)(BOOK_EXAMPLES), strict=True):
@@ -340,6 +347,20 @@ def train(model_args, data_args, training_args, data: tuple | None = None) -> di
             url = push_output_dir(output_dir, card.model_id, private=training_args.hub_private_repo, token=hub_token)
             logger.info("Pushed %s to %s", output_dir, url)
     return summary
+
+
+# The final model and its reports are written here first, then moved into output_dir (`publish`).
+STAGING = ".saving"
+
+
+def publish(staging: Path, output_dir: Path) -> None:
+    """Move the files of `staging` into `output_dir`, each by one rename (atomic), `metrics.json` last and the
+    old one removed first: a run killed while saving never leaves half a safetensors file, and a directory
+    whose `metrics.json` is there holds one whole run's set of files."""
+    (output_dir / "metrics.json").unlink(missing_ok=True)
+    for path in sorted(staging.iterdir(), key=lambda p: p.name == "metrics.json"):
+        os.replace(path, output_dir / path.name)
+    staging.rmdir()
 
 
 # The plots every run writes beside its model card, which embeds them.

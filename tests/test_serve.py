@@ -36,10 +36,12 @@ MESSAGES = [
 class Server:
     """A real uvicorn server on loopback, in a thread of this process."""
 
-    def __init__(self, app):
+    def __init__(self, app, **config):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", **config)
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
@@ -55,8 +57,9 @@ class Server:
         self.thread.join(timeout=20)
 
 
-def post(url: str, body: bytes, content_type: str = "application/json") -> tuple[int, object]:
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type}, method="POST")
+def post(url: str, body: bytes, content_type: str = "application/json", headers=None) -> tuple[int, object]:
+    headers = {"Content-Type": content_type, **(headers or {})}
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
@@ -326,3 +329,21 @@ def test_the_onnxruntime_backend_serves_the_exported_graph(saved, tmp_path):
             assert json.loads(response.read())["backend"] == "onnxruntime"
     assert status == 200 and [b[0]["label"] for b in body] == [e["label"] for e in expected]
     assert [b[0]["score"] for b in body] == pytest.approx([e["score"] for e in expected], abs=1e-5)
+
+
+@pytest.mark.slow  # about 40 s: `make test-all`
+def test_a_hostile_load_hurts_no_innocent_request(saved, tmp_path):
+    """`--poison_rate` and `--slow_clients` against a real server process: every poisoned request a 4xx, every
+    innocent one a 200, slowloris connections cut with 408 while /health keeps answering."""
+    from hf_spam.loadtest import main as loadtest_main
+
+    out = tmp_path / "load.json"
+    # The server cuts slow headers after its default 10 s: 12 s of load sees each slow connection cut once.
+    assert loadtest_main(["--model", saved, "--clients", "4", "--seconds", "12", "--poison_rate", "0.3",
+                          "--slow_clients", "3", "--output", str(out)]) == 0  # fmt: skip
+    report = json.loads(out.read_text())
+    for name, result in report["setups"].items():
+        poisoned, slow = result["poisoned"], result["slow_clients"]
+        assert result["errors"] == 0 and result["requests"] > 0, name
+        assert poisoned["requests"] > 0 and poisoned["answered_4xx"] == poisoned["requests"], (name, poisoned)
+        assert slow["closed_with_408"] >= 3 and slow["health_failed"] == 0 and slow["health_checks"] > 10, slow

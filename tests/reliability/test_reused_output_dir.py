@@ -53,3 +53,29 @@ def test_a_fresh_or_empty_directory_needs_nothing(tmp_path):
     (tmp_path / "empty" / "notes.txt").write_text("mine")
     assert run([*TINY, "--output_dir", str(tmp_path / "empty")]) == 0
     assert (tmp_path / "empty" / "notes.txt").read_text() == "mine"
+
+
+def test_a_run_killed_while_saving_leaves_the_previous_model_whole(tmp_path, monkeypatch):
+    """The final files are written beside output_dir, then each moved in by one rename, metrics.json last: a
+    run that dies while saving leaves the previous run's files as they were, and the next run cleans up."""
+    import pytest
+
+    import hf_spam.train
+
+    out = tmp_path / "out"
+    assert run([*TINY, "--output_dir", str(out)]) == 0
+    before = {name: (out / name).read_bytes() for name in ("model.safetensors", "metrics.json", "config.json")}
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as a kill would stop it: after the weights, before the last files
+
+    monkeypatch.setattr(hf_spam.train, "write_predictions", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run([*TINY, "--output_dir", str(out), "--seed", "7", "--overwrite_output_dir", "true"])
+    assert (out / hf_spam.train.STAGING / "model.safetensors").is_file()  # the new weights, not yet moved in
+    assert {name: (out / name).read_bytes() for name in before} == before
+    monkeypatch.undo()
+    assert run([*TINY, "--output_dir", str(out), "--seed", "7", "--overwrite_output_dir", "true"]) == 0
+    assert (out / "model.safetensors").read_bytes() != before["model.safetensors"]
+    assert json.loads((out / "metrics.json").read_text())["seed"] == 7
+    assert not (out / hf_spam.train.STAGING).exists()
