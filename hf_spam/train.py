@@ -134,6 +134,7 @@ def train(model_args, data_args, training_args, data: tuple | None = None) -> di
     logger.debug("Model arguments: %s", model_args)
     logger.debug("Data arguments: %s", data_args)
     logger.debug("Training arguments: %s", training_args)
+    use_the_cores(training_args.device.type)
     logger.info(
         "Device %s, world size %d, torch threads %d",
         training_args.device,
@@ -402,6 +403,27 @@ def check_launch(world_size: int) -> None:
             "accelerate launch --cpu with --num_processes above 1 starts a single process (without MPI); for "
             "several CPU processes run `accelerate launch --multi_gpu --num_processes N hf_spam/train.py ... "
             "--use_cpu true` (gloo), or leave --num_processes out for one"
+        )
+
+
+def use_the_cores(device_type: str) -> None:
+    """`accelerate launch` without `--cpu` gives each process one torch thread (OMP_NUM_THREADS=1, its
+    `--num_cpu_threads_per_process` default): on a 16-core machine, a sixteenth of it, and nobody is told. A
+    launched CPU process left with one thread takes its share of the cores it may run on (`taskset` and
+    cgroups limit them) instead, and says so."""
+    if device_type != "cpu" or "ACCELERATE_DYNAMO_BACKEND" not in os.environ or torch.get_num_threads() != 1:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    share = max(1, cores // processes)
+    if share > 1:
+        torch.set_num_threads(share)
+        logger.info(
+            "accelerate launch gave this process 1 torch thread (OMP_NUM_THREADS=1); using %d: %d cores / %d "
+            "process(es). To use fewer cores, run under taskset",
+            share,
+            cores,
+            processes,
         )
 
 

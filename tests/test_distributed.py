@@ -115,3 +115,43 @@ def test_one_output_directory_is_written_by_the_main_process(two_ranks):
     for split in ("train", "validation", "test"):
         assert result.stderr.count(f"Frozen trunk states for {split} cached at") == 1
         assert result.stderr.count(f"Frozen trunk states for {split} loaded from") == 1
+
+
+def test_use_the_cores_gives_a_launched_cpu_process_its_share(monkeypatch):
+    import torch
+
+    from hf_spam.train import use_the_cores
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    try:
+        torch.set_num_threads(1)
+        use_the_cores("cpu")  # not launched by accelerate: a user's one thread is theirs
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "NO")
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        use_the_cores("cuda")
+        assert torch.get_num_threads() == 1
+        use_the_cores("cpu")
+        assert torch.get_num_threads() == 4  # 8 cores / 2 processes
+        torch.set_num_threads(3)
+        use_the_cores("cpu")  # a thread count asked for (--num_cpu_threads_per_process 3) stays
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores to show more than 1 thread")
+def test_bare_accelerate_launch_uses_every_core_for_one_process(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env["HF_SPAM_CACHE"] = str(tmp_path / "cache")
+    command = [
+        ACCELERATE, "launch", str(ROOT / "hf_spam" / "train.py"), "--config", str(ROOT / "configs" / "tiny.yaml"),
+        "--max_steps", "1", "--eval_strategy", "no", "--save_strategy", "no", "--disable_tqdm", "true",
+        "--evaluate_held_out", "false", "--output_dir", str(tmp_path / "out"),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    cores = len(os.sched_getaffinity(0))
+    assert f"accelerate launch gave this process 1 torch thread (OMP_NUM_THREADS=1); using {cores}" in result.stderr
+    assert f"torch threads {cores}" in result.stderr
