@@ -60,12 +60,14 @@ class ModelArguments:
             "hf_spam when init is random."
         },
     )
-    keep_layers: int | None = field(
+    keep_layers: int | str | None = field(
         default=None,
         metadata={
             "help": "Keep only the first K decoder layers (then the final norm and the head): a shallower, faster "
             "model whose middle layers may classify as well as the last. trainable counts from the new top "
-            "(last_block trains layer K). The saved model is an ordinary one with K layers. Unset: all layers."
+            "(last_block trains layer K). The saved model is an ordinary one with K layers. auto: the shallowest "
+            "layer whose frozen linear probe scores within 0.003 of the best layer's on the validation split "
+            "(one forward pass of the whole model; the per-layer figures are logged). Unset: all layers."
         },
     )
     append_eos: bool = field(
@@ -141,7 +143,14 @@ class ModelArguments:
             raise ValueError(f"lora_alpha must be positive, got {self.lora_alpha}")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        if self.keep_layers is not None and self.keep_layers < 1:
+        if isinstance(self.keep_layers, str) and self.keep_layers != "auto":
+            try:
+                self.keep_layers = int(self.keep_layers)
+            except ValueError:
+                raise ValueError(f"keep_layers: a number of layers or auto, got {self.keep_layers!r}") from None
+        if isinstance(self.keep_layers, bool) or not isinstance(self.keep_layers, int | str | None):
+            raise ValueError(f"keep_layers: a number of layers or auto, got {self.keep_layers!r}")
+        if isinstance(self.keep_layers, int) and self.keep_layers < 1:
             raise ValueError(f"keep_layers must be at least 1 (or left out for every layer), got {self.keep_layers}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")

@@ -87,6 +87,8 @@ class SpamModelCardData:
     # `keep_layers`: the decoder layers kept, and how many the base model has.
     kept_layers: int | None = None
     base_layers: int | None = None
+    # `keep_layers: auto`: the per-layer probe figures the depth was chosen from.
+    depth_probe: dict[str, Any] | None = None
     # The run's plots beside the card (file -> caption), embedded so that they render on the Hub page.
     figures: dict[str, str] = field(default_factory=dict)
 
@@ -104,6 +106,7 @@ class SpamModelCardData:
         tokenizer=None,
         weights_source: dict | None = None,
         base_layers: int | None = None,
+        depth_probe: dict | None = None,
     ) -> SpamModelCardData:
         """Everything known before training starts; `metrics` are set after the final evaluation.
 
@@ -138,10 +141,11 @@ class SpamModelCardData:
             else None,
             pad_token=tokenizer.pad_token if tokenizer is not None else "<|endoftext|>",
             weights_source=weights_source,
-            kept_layers=model_args.keep_layers,
+            kept_layers=model.config.num_hidden_layers if model_args.keep_layers is not None else None,
             message_template=model_args.message_template,
             append_eos=model_args.append_eos,
             base_layers=base_layers,
+            depth_probe=depth_probe,
         )
 
     @property

@@ -41,6 +41,7 @@ from hf_spam.data import (
 )
 from hf_spam.hub import push_output_dir
 from hf_spam.inference import BOOK_EXAMPLES, SpamClassifier, classifier
+from hf_spam.layer_probe import auto_depth
 from hf_spam.malloc import keep_freed_memory
 from hf_spam.metrics import at_spam_rate, compute_metrics, score_predictions
 from hf_spam.model_card import ModelCardCallback, SpamModelCardData, write_model_card
@@ -200,18 +201,21 @@ def train(model_args, data_args, training_args, data: tuple | None = None) -> di
         pooling=model_args.pooling,
         causal_mask=model_args.causal_mask,
     )
-    base_layers = model.config.num_hidden_layers
-    if model_args.keep_layers is not None:
-        model = keep_layers(model, model_args.keep_layers)
+    max_length = min(data_args.max_length or model_context(model.config), model_context(model.config))
+    with training_args.main_process_first(desc="tokenizing"):
+        tokenized = tokenize_splits(splits, tokenizer, max_length, data_args.padding, data_args.data_cache_dir)
+    base_layers, depth, depth_probe = model.config.num_hidden_layers, model_args.keep_layers, None
+    if depth == "auto":  # chosen on this run's own splits (each fold's, under `hf-spam cv`)
+        model.to(training_args.device)
+        depth, depth_probe = auto_depth(model, tokenized, tokenizer.pad_token_id, training_args.seed)
+    if depth is not None:
+        model = keep_layers(model, depth)
     if model_args.trainable == "lora":
         model = add_lora(
             model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.lora_target_modules
         )
     else:
         freeze(model, model_args.trainable)
-    max_length = min(data_args.max_length or model_context(model.config), model_context(model.config))
-    with training_args.main_process_first(desc="tokenizing"):
-        tokenized = tokenize_splits(splits, tokenizer, max_length, data_args.padding, data_args.data_cache_dir)
 
     probe = tokenized["train"]["input_ids"][:4]  # the generic cached path is checked against the model's forward
     if not training_args.trunk_cache:
@@ -261,6 +265,7 @@ def train(model_args, data_args, training_args, data: tuple | None = None) -> di
         tokenizer=tokenizer,
         weights_source=weights_source,
         base_layers=base_layers,
+        depth_probe=depth_probe,
     )
     if push_to_hub:
         card.model_id = training_args.hub_model_id or Path(training_args.output_dir).name
@@ -319,6 +324,8 @@ def train(model_args, data_args, training_args, data: tuple | None = None) -> di
         "world_size": training_args.world_size,
         "weights_sha256": weights_fingerprint(model),
     }
+    if depth_probe is not None:
+        summary["keep_layers_auto"] = depth_probe
 
     # ---- save / push ----
     output_dir = Path(training_args.output_dir)
