@@ -502,6 +502,19 @@ def load_data(
     return splits, report
 
 
+def load_splits(data_args, seed: int):
+    """The data stage: any source (`DataArguments`) through dedupe -> balance -> split, with the held-out
+    messages when the natural-rate evaluation is on."""
+    return load_data(
+        dedupe_texts=data_args.dedupe,
+        balance=data_args.balance,
+        split_ratios=data_args.split_ratios,
+        seed=seed,
+        keep_held_out=data_args.evaluate_held_out,
+        **source_arguments(data_args),
+    )
+
+
 def distinct_rows(given: dict[str, tuple[list[str], list[int]]], report: DataReport) -> tuple[list[str], list[int]]:
     """Every split's rows pooled, each exact text once (its first occurrence, in train, validation, test
     order), counted into `report`: what `hf-spam cv` folds."""

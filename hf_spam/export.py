@@ -31,9 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from hf_spam.gpt2_last_block import split_c_attn
 from hf_spam.modeling import is_gpt2, use_fused_gelu
-from hf_spam.pooling import pool_padded, pooling_of
-from hf_spam.trunk_cache import last_block_at_last_tokens, split_c_attn, trunk_module
+from hf_spam.pooled_forward import pooled_logits
+from hf_spam.pooling import pooling_of
 
 if TYPE_CHECKING:
     from hf_spam.inference import SpamClassifier
@@ -64,40 +65,23 @@ C_ATTN_PARTS = ("query_weight", "query_bias", "key_value_weight", "key_value_bia
 
 
 class PooledLogits(nn.Module):
-    """The classifier as ONNX sees it: keyword inputs, no cache, the head applied at the last real token (or
-    pooled over the positions the model's `pooling` names).
+    """The classifier as ONNX sees it: keyword inputs, no cache, `pooled_logits` (predict's own forward).
 
-    GPT-2 reading the last token runs its final block there only, as `hf-spam predict` does: keys and values
-    for every token, the rest of the block for one token per row (`trunk_cache.last_block_at_last_tokens`).
+    GPT-2's final `c_attn` is held as four constants of its own: int8 quantization converts a weight that is
+    a constant, not a slice taken at run time.
     """
 
     def __init__(self, model):
         super().__init__()
         self.model = model
-        self.pooling = pooling_of(model.config)
-        self.trunk = None
-        if self.pooling == "last" and is_gpt2(model):
-            self.trunk = trunk_module(model, model.config.n_layer - 1)
+        self.gpt2_last = pooling_of(model.config) == "last" and is_gpt2(model)
+        if self.gpt2_last:
             for name, part in zip(C_ATTN_PARTS, split_c_attn(model.transformer.h[-1]), strict=True):
                 self.register_buffer(name, part.detach().clone(), persistent=False)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.trunk is not None:
-            hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
-            transformer = self.model.transformer
-            c_attn = tuple(getattr(self, name) for name in C_ATTN_PARTS)
-            last = last_block_at_last_tokens(transformer.h[-1], hidden, attention_mask, c_attn)
-            return self.model.score(transformer.ln_f(last))
-        # Position ids as wide as the batch: left to the model they are one row, broadcast, and ONNX Runtime's
-        # RotaryEmbedding (opset 23) wants its cos/sin caches to have the batch's own size.
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-        hidden = self.model.base_model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False
-        )[0]
-        if self.pooling != "last":
-            return pool_padded(self.model.score(hidden), attention_mask, self.pooling)
-        last = attention_mask.sum(-1) - 1
-        return self.model.score(hidden[torch.arange(hidden.shape[0]), last])
+        c_attn = tuple(getattr(self, name) for name in C_ATTN_PARTS) if self.gpt2_last else None
+        return pooled_logits(self.model, input_ids, attention_mask, c_attn)
 
 
 def require_onnx() -> None:
@@ -324,8 +308,8 @@ def verification_split(model_dir: str, config, test_file: str | None) -> tuple[l
     """Texts and label ids to check the export on: `test_file` (any format `--train_file` takes, with the
     model's labels), else the test split the model was trained with (rebuilt from `metrics.json`)."""
     from hf_spam.config import DataArguments
+    from hf_spam.data import load_splits
     from hf_spam.sources import SourceError, read_user_data
-    from hf_spam.train import load_splits
 
     if test_file is not None:
         rows = read_user_data(train_file=test_file)

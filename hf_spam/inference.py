@@ -19,15 +19,12 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from hf_spam.modeling import (
     check_decoder,
     check_local_model_dir,
-    is_gpt2,
     missing_local_path,
     model_context,
     use_fused_gelu,
     warn_if_bfloat16_is_emulated,
 )
-from hf_spam.pooling import pool_padded, pooling_of
-from hf_spam.trainer import last_token_index
-from hf_spam.trunk_cache import FrozenTrunkTail, trunk_module
+from hf_spam.pooled_forward import pooled_logits
 
 # The two messages chapter 6 of the book classifies after training.
 BOOK_EXAMPLES = [
@@ -35,29 +32,6 @@ BOOK_EXAMPLES = [
     "Hey, just wanted to check if we're still on for dinner tonight? Let me know!",
 ]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def pooled_logits(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Logits at the last real token of each right-padded row (or where the model's `pooling` says), `[rows, labels]`.
-
-    For GPT-2 with `pooling: last`, blocks before the final one run on every token (their outputs are the final
-    block's keys and values); the final block, `ln_f` and `score` run on the last token of each message only.
-    Other decoders run their base model, then `score` at the last real token; another pooling scores every
-    token and pools.
-    """
-    pooling = pooling_of(model.config)
-    if pooling != "last":
-        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
-        return pool_padded(model.score(hidden), attention_mask, pooling)
-    if not is_gpt2(model):
-        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        return model.score(hidden[rows, last_token_index(attention_mask)])
-    n_full = model.config.n_layer - 1
-    hidden = trunk_module(model, n_full)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    packed = hidden[attention_mask.bool()]  # the real tokens, row after row: each message stays contiguous
-    ends = attention_mask.sum(-1).cumsum(0) - 1
-    return FrozenTrunkTail(model, n_full)(packed, position_ids=None, packed_ends=ends).logits
 
 
 def load_classifier(

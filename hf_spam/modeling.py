@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -608,3 +609,34 @@ def freeze(model: PreTrainedModel, trainable: str = "last_block") -> list[str]:
     n_total = sum(p.numel() for p in model.parameters())
     logger.info("Trainable parameters (%s): %s of %s", trainable, f"{n_trainable:,}", f"{n_total:,}")
     return names
+
+
+def trunk_includes_norm(model: PreTrainedModel, n_frozen: int) -> bool:
+    parts = decoder_parts(model)
+    return n_frozen == len(parts.layers) and not any(p.requires_grad for p in parts.norm.parameters())
+
+
+def base_view(model: PreTrainedModel, layers: slice, keep_norm: bool) -> nn.Module:
+    """The model's base (GPT-2's `transformer`, Llama's `model`, ...) running only `layers`, sharing weights.
+
+    It is the model's own forward (embeddings, positions, masks, per-layer attention types), with the other
+    layers left out and the final norm replaced by the identity unless `keep_norm`. Its config is a copy that
+    counts only these layers, with their slice of `layer_types` (sliding-window and full-attention layers).
+    """
+    parts = decoder_parts(model)
+    view = copy.copy(parts.base)
+    view._modules = dict(view._modules)  # a shallow copy would share (and let us edit) the original's dict
+    kept = list(parts.layers)[layers]
+    view._modules[parts.layers_name] = nn.ModuleList(kept)
+    if not keep_norm:
+        view._modules[parts.norm_name] = nn.Identity()
+    view.config = copy.copy(view.config)
+    view.config.num_hidden_layers = len(kept)
+    if getattr(view.config, "layer_types", None) is not None:
+        view.config.layer_types = list(view.config.layer_types)[layers]
+    return view
+
+
+def trunk_module(model: PreTrainedModel, n_frozen: int) -> nn.Module:
+    """The first `n_frozen` layers of the model's base, and the final norm only if it is frozen too."""
+    return base_view(model, slice(0, n_frozen), keep_norm=trunk_includes_norm(model, n_frozen))

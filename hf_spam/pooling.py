@@ -27,6 +27,14 @@ def pooling_of(config) -> str:
     return pooling
 
 
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position of the last real token of each row (right or left padding alike): the one place hf_spam finds
+    it. Taken from the mask, not by comparing ids with the pad id: GPT-2's pad id is its EOS id, and a
+    template or `append_eos` can end a message with that very token."""
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    return (positions * attention_mask.to(positions.dtype)).argmax(-1)
+
+
 def pool_padded(token_logits: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
     """`[rows, tokens, labels]` -> `[rows, labels]` at the positions `pooling` names, the real tokens being
     where `attention_mask` is 1 (right or left padding alike)."""
@@ -37,7 +45,7 @@ def pool_padded(token_logits: torch.Tensor, attention_mask: torch.Tensor, poolin
         # The highest score of (mask, -position) is the leftmost real token.
         first = (attention_mask.to(positions.dtype) * (attention_mask.shape[-1] - positions)).argmax(-1)
         return token_logits[rows, first]
-    last = token_logits[rows, (positions * attention_mask.to(positions.dtype)).argmax(-1)]
+    last = token_logits[rows, last_token_index(attention_mask)]
     if pooling == "last":
         return last
     mean = (token_logits * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)

@@ -35,8 +35,7 @@ from hf_spam.data import (
     DownloadError,
     SplitError,
     default_cache_dir,
-    load_data,
-    source_arguments,
+    load_splits,
     tokenize_splits,
 )
 from hf_spam.hub import push_output_dir
@@ -432,19 +431,6 @@ def use_the_cores(device_type: str) -> None:
             cores,
             processes,
         )
-
-
-def load_splits(data_args, seed: int):
-    """The data stage: any source (`DataArguments`) through dedupe -> balance -> split, with the held-out
-    messages when the natural-rate evaluation is on."""
-    return load_data(
-        dedupe_texts=data_args.dedupe,
-        balance=data_args.balance,
-        split_ratios=data_args.split_ratios,
-        seed=seed,
-        keep_held_out=data_args.evaluate_held_out,
-        **source_arguments(data_args),
-    )
 
 
 def resolve_base_model(model_args, training_args, cache_dir: str | None) -> tuple[str, dict | None]:

@@ -17,15 +17,6 @@ from hf_spam.checkpoints import CheckpointSaveError
 from hf_spam.pooling import pool_padded, pooling_of
 
 
-def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position of the rightmost attended token of each row (right or left padding alike).
-
-    Taken from the mask, not by comparing ids with the pad id: GPT-2's pad id is its EOS id.
-    """
-    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
-    return (positions * attention_mask.to(positions.dtype)).argmax(-1)
-
-
 class _TokenLogits:
     """Keeps the per-token logits that `score` computes inside the model's forward.
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, pipeline
 
-from hf_spam.inference import load_classifier, pooled_logits
+from hf_spam.inference import load_classifier
 from hf_spam.modeling import freeze, load_model
+from hf_spam.pooled_forward import pooled_logits
 from hf_spam.pooling import POOLINGS, pool_packed, pool_padded, pooling_of
 from hf_spam.trunk_cache import collate_trunk_states, frozen_prefix, tail_for, trunk_pass
 

@@ -7,7 +7,8 @@ from transformers import DataCollatorWithPadding
 from hf_spam.config import SpamTrainingArguments
 from hf_spam.metrics import compute_metrics
 from hf_spam.modeling import freeze
-from hf_spam.trainer import SpamTrainer, last_token_index
+from hf_spam.pooling import last_token_index
+from hf_spam.trainer import SpamTrainer
 
 MESSAGES = [
     "Free entry in 2 a wkly comp to win FA Cup final tkts",

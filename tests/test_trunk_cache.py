@@ -6,6 +6,7 @@ from transformers.masking_utils import create_causal_mask
 
 from hf_spam import trunk_cache
 from hf_spam.config import SpamTrainingArguments
+from hf_spam.gpt2_last_block import last_block_at_ends
 from hf_spam.modeling import freeze, load_model
 from hf_spam.trainer import SpamTrainer
 from hf_spam.trunk_cache import (
@@ -14,7 +15,6 @@ from hf_spam.trunk_cache import (
     cached_trunk_states,
     collate_trunk_states,
     frozen_prefix,
-    last_block_at_ends,
     trunk_pass,
 )
 
