@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 
 from hf_spam.argtypes import (
     ArgumentParser,
@@ -18,11 +17,13 @@ from hf_spam.argtypes import (
     positive_float,
     positive_int,
 )
-from hf_spam.data import URLS, DataFormatError, DataIntegrityError, DownloadError, load_data
+from hf_spam.data.collection import URLS, DataFormatError, DataIntegrityError, DownloadError
+from hf_spam.data.splits import load_data
+from hf_spam.deploy.spam_classifier import naming_the_model, read_run_summary
 
 
 def data_command(args: argparse.Namespace) -> int:
-    from hf_spam.sources import SourceError
+    from hf_spam.data.sources import SourceError
 
     try:
         _, report = load_data(
@@ -55,7 +56,7 @@ def data_command(args: argparse.Namespace) -> int:
 def predict_command(args: argparse.Namespace) -> int:
     from safetensors import SafetensorError
 
-    from hf_spam.inference import load_classifier
+    from hf_spam.deploy.classifier import load_classifier
     from hf_spam.malloc import keep_freed_memory
 
     keep_freed_memory()
@@ -72,8 +73,7 @@ def predict_command(args: argparse.Namespace) -> int:
     # model.safetensors that does not parse (JSONDecodeError, transformers' ValueError, SafetensorError);
     # for onnxruntime, no exported graph or no onnx extra (ExportError).
     except (ValueError, OSError, SafetensorError, RuntimeError) as err:
-        message = str(err) if args.model in str(err) else f"{args.model}: {err}"  # always say which model
-        print(f"hf-spam predict: {message}", file=sys.stderr)
+        print(f"hf-spam predict: {naming_the_model(args.model, err)}", file=sys.stderr)
         return 2
     if args.texts:
         lines = enumerate((t.encode("utf-8", "surrogateescape") for t in args.texts), start=1)
@@ -108,7 +108,8 @@ def predict_command(args: argparse.Namespace) -> int:
 def export_command(args: argparse.Namespace) -> int:
     from safetensors import SafetensorError
 
-    from hf_spam.export import ExportError, OnnxMissingError, export
+    from hf_spam.deploy.export import ExportError, export
+    from hf_spam.deploy.onnx_runtime import OnnxMissingError
 
     try:
         report = export(args.model_dir, args.quantize, args.test_file, args.max_accuracy_drop, args.opset)
@@ -116,8 +117,7 @@ def export_command(args: argparse.Namespace) -> int:
         print(f"hf-spam export: {err}", file=sys.stderr)
         return 1
     except (ValueError, OSError, SafetensorError, DataFormatError, DownloadError, OnnxMissingError) as err:
-        message = str(err) if args.model_dir in str(err) else f"{args.model_dir}: {err}"
-        print(f"hf-spam export: {message}", file=sys.stderr)
+        print(f"hf-spam export: {naming_the_model(args.model_dir, err)}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=2))
     return 0
@@ -126,7 +126,7 @@ def export_command(args: argparse.Namespace) -> int:
 def serve_command(args: argparse.Namespace) -> int:
     from safetensors import SafetensorError
 
-    from hf_spam.serve import serve
+    from hf_spam.deploy.serve import serve
 
     api_key = args.api_key or os.environ.get("HF_SPAM_API_KEY")
     if api_key is not None and not (api_key.isascii() and api_key.isprintable() and api_key.strip() == api_key):
@@ -144,17 +144,15 @@ def serve_command(args: argparse.Namespace) -> int:
         )
         return 2
     except (ValueError, OSError, SafetensorError, RuntimeError) as err:
-        message = str(err) if args.model in str(err) else f"{args.model}: {err}"
-        print(f"hf-spam serve: {message}", file=sys.stderr)
+        print(f"hf-spam serve: {naming_the_model(args.model, err)}", file=sys.stderr)
         return 2
 
 
 def push_command(args: argparse.Namespace) -> int:
-    from hf_spam.hub import push_output_dir
-    from hf_spam.model_card import SpamModelCardData, write_model_card
+    from hf_spam.deploy.hub import push_output_dir
+    from hf_spam.evaluation.model_card import SpamModelCardData, write_model_card
 
-    summary_path = Path(args.output_dir) / "metrics.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = read_run_summary(args.output_dir)
     if "model_card" in summary:  # re-render so that the card's name and usage snippet are the repo id
         card = SpamModelCardData(**{**summary["model_card"], "model_id": args.repo_id})
         write_model_card(args.output_dir, card)
@@ -173,6 +171,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
+    add_data_parser(sub)
+    sub.add_parser(
+        "baseline", help="Char TF-IDF + logistic regression on the same splits (`hf-spam baseline --help`)."
+    )
+    sub.add_parser("cv", help="Cross-validate a training recipe against baselines (`hf-spam cv --help`).")
+    sub.add_parser("bench", help="Time the book's loop, plain Trainer and hf_spam (see `hf-spam bench --help`).")
+    sub.add_parser("experiments", help="The book's table of chapter 6 experiments (`hf-spam experiments --help`).")
+    sub.add_parser("loadtest", help="Load `hf-spam serve` on loopback (see `hf-spam loadtest --help`).")
+    sub.add_parser(
+        "train", help="Fine-tune (all flags of hf_spam/train.py; see `hf-spam train --help`).", add_help=False
+    )
+
+    push = sub.add_parser("push", help="Push a trained output directory (model, tokenizer, card) to the Hub.")
+    push.add_argument("output_dir", help="A directory written by `hf-spam train`.")
+    push.add_argument("--repo-id", "--repo_id", dest="repo_id", required=True, help="user/name on the Hub.")
+    push.add_argument("--private", action="store_true", default=None, help="Create the repository private.")
+
+    add_predict_parser(sub)
+    add_export_parser(sub)
+    add_serve_parser(sub)
+    return parser
+
+
+def add_data_parser(sub) -> None:
+    """`hf-spam data`: the data stage alone, its report as JSON."""
     data = sub.add_parser("data", help="Obtain, verify, dedupe, balance and split the data; print a JSON report.")
     data.add_argument("--data_file", help="A local label<TAB>text file instead of the SMS Spam Collection.")
     data.add_argument("--dataset_name", help="A Hub dataset of one's own messages (load_dataset).")
@@ -193,22 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--split_ratios", nargs=3, type=non_negative_float, default=[0.7, 0.1, 0.2])
     data.add_argument("--seed", type=int, default=123)
 
-    sub.add_parser(
-        "baseline", help="Char TF-IDF + logistic regression on the same splits (`hf-spam baseline --help`)."
-    )
-    sub.add_parser("cv", help="Cross-validate a training recipe against baselines (`hf-spam cv --help`).")
-    sub.add_parser("bench", help="Time the book's loop, plain Trainer and hf_spam (see `hf-spam bench --help`).")
-    sub.add_parser("experiments", help="The book's table of chapter 6 experiments (`hf-spam experiments --help`).")
-    sub.add_parser("loadtest", help="Load `hf-spam serve` on loopback (see `hf-spam loadtest --help`).")
-    sub.add_parser(
-        "train", help="Fine-tune (all flags of hf_spam/train.py; see `hf-spam train --help`).", add_help=False
-    )
 
-    push = sub.add_parser("push", help="Push a trained output directory (model, tokenizer, card) to the Hub.")
-    push.add_argument("output_dir", help="A directory written by `hf-spam train`.")
-    push.add_argument("--repo-id", "--repo_id", dest="repo_id", required=True, help="user/name on the Hub.")
-    push.add_argument("--private", action="store_true", default=None, help="Create the repository private.")
-
+def add_predict_parser(sub) -> None:
+    """`hf-spam predict`: JSON lines of labels and scores."""
     predict = sub.add_parser("predict", help="Classify texts (arguments, or one per line on stdin) as JSON lines.")
     predict.add_argument("--model", required=True, help="A directory written by `hf-spam train` (or a Hub id).")
     predict.add_argument("texts", nargs="*", help="Texts to classify; read from stdin, one per line, if none.")
@@ -243,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
         "onnxruntime: float32 (onnx/model.onnx) or int8 (onnx/model_quantized.onnx).",
     )
 
+
+def add_export_parser(sub) -> None:
+    """`hf-spam export`: ONNX (and int8), verified on the model's test split."""
     export = sub.add_parser("export", help="Export a trained model to ONNX (and int8), verified on its test split.")
     export.add_argument("model_dir", help="A directory written by `hf-spam train`; the files go to MODEL_DIR/onnx/.")
     export.add_argument("--quantize", choices=["int8"], default=None, help="Also write onnx/model_quantized.onnx.")
@@ -265,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
         "18 for older runtimes).",
     )
 
+
+def add_serve_parser(sub) -> None:
+    """`hf-spam serve`: the HTTP API and its limits."""
     serve = sub.add_parser("serve", help="An HTTP API (Hugging Face Inference API shape) and a page to try it.")
     serve.add_argument("--model", required=True, help="A directory written by `hf-spam train`.")
     serve.add_argument(
@@ -317,33 +333,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="Require `Authorization: Bearer KEY` on POST / , POST /predict and GET /info (401 otherwise); "
         "GET /health and the page stay open. Prefer the HF_SPAM_API_KEY environment variable: a flag shows in ps.",
     )
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train"]:
-        from hf_spam.train import run
+        from hf_spam.training.run import run
 
         return run(argv[1:])
     if argv[:1] == ["baseline"]:
-        from hf_spam.baseline import main as baseline_main
+        from hf_spam.evaluation.baseline import main as baseline_main
 
         return baseline_main(argv[1:])
     if argv[:1] == ["cv"]:
-        from hf_spam.cv import main as cv_main
+        from hf_spam.reports.cv import main as cv_main
 
         return cv_main(argv[1:])
     if argv[:1] == ["bench"]:
-        from hf_spam.bench import main as bench_main
+        from hf_spam.reports.bench import main as bench_main
 
         return bench_main(argv[1:])
     if argv[:1] == ["experiments"]:
-        from hf_spam.experiments import main as experiments_main
+        from hf_spam.reports.experiments import main as experiments_main
 
         return experiments_main(argv[1:])
     if argv[:1] == ["loadtest"]:
-        from hf_spam.loadtest import main as loadtest_main
+        from hf_spam.deploy.loadtest import main as loadtest_main
 
         return loadtest_main(argv[1:])
     args = build_parser().parse_args(argv)

@@ -15,8 +15,9 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from hf_spam.data import bundled_data_file  # noqa: E402
-from hf_spam.modeling import bundled_tokenizer, load_model, load_tokenizer  # noqa: E402
+from hf_spam.data.collection import bundled_data_file  # noqa: E402
+from hf_spam.models.loading import load_model  # noqa: E402
+from hf_spam.models.tokenizer import bundled_tokenizer, load_tokenizer  # noqa: E402
 
 if _WORKERS > 1:
     import torch
@@ -40,7 +41,7 @@ def _process_logging_restored():
     write into the stderr that later tests capture."""
     import transformers
 
-    from hf_spam.train import _StderrHandler
+    from hf_spam.training.launch import _StderrHandler
 
     root, ours = logging.getLogger(), logging.getLogger("hf_spam")
     handlers, levels = set(root.handlers), (root.level, ours.level)

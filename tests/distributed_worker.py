@@ -5,7 +5,7 @@ import os
 import sys
 from pathlib import Path
 
-from hf_spam.train import main
+from hf_spam.training.run import main
 
 if __name__ == "__main__":
     out_dir, argv = Path(sys.argv[1]), sys.argv[2:]

@@ -5,8 +5,8 @@ import time
 
 import uvicorn
 
-from hf_spam.inference import load_classifier
-from hf_spam.serve import create_app
+from hf_spam.deploy.classifier import load_classifier
+from hf_spam.deploy.serve import create_app
 
 model_dir, port = sys.argv[1], int(sys.argv[2])
 predict = load_classifier(model_dir)

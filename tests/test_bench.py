@@ -4,8 +4,9 @@ import statistics
 
 import pytest
 
-from hf_spam.bench import NO_NATIVE_BFLOAT16, PREDICTION_BACKENDS, bench
-from hf_spam.modeling import cpu_has_bfloat16
+from hf_spam.models.loading import cpu_has_bfloat16
+from hf_spam.reports.bench import bench
+from hf_spam.reports.bench_predict import NO_NATIVE_BFLOAT16, PREDICTION_BACKENDS
 
 from .conftest import ROOT
 
@@ -62,7 +63,7 @@ def test_bfloat16_row_runs_only_where_the_cpu_has_bfloat16_instructions(cpuinfo,
 
 
 def test_matmul_rates_compare_float32_and_int8_on_one_product():
-    from hf_spam.bench import matmul_rates
+    from hf_spam.reports.bench_predict import matmul_rates
 
     pytest.importorskip("onnxruntime")
     rates = matmul_rates(rows=64, inner=32, columns=48, repeats=2)
@@ -72,7 +73,7 @@ def test_matmul_rates_compare_float32_and_int8_on_one_product():
 
 
 def test_an_unknown_prediction_row_is_one_line_and_exit_2(capsys):
-    from hf_spam.bench import main
+    from hf_spam.reports.bench import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--predict", "outputs/x", "--backends", "torch_float32,tensorrt"])
@@ -84,7 +85,7 @@ def test_an_unknown_prediction_row_is_one_line_and_exit_2(capsys):
 def test_without_the_onnx_extra_the_prediction_bench_says_so_before_any_row(tmp_path, monkeypatch, capsys):
     import sys
 
-    from hf_spam.bench import main
+    from hf_spam.reports.bench import main
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     assert main(["--predict", str(tmp_path), "--backends", "torch_float32"]) == 2
@@ -94,8 +95,8 @@ def test_without_the_onnx_extra_the_prediction_bench_says_so_before_any_row(tmp_
 
 @pytest.mark.slow  # a training, an export and three prediction passes
 def test_prediction_rows_asked_for_run_and_the_others_are_said_skipped(tmp_path):
-    from hf_spam.bench import prediction_backends
-    from hf_spam.train import main
+    from hf_spam.reports.bench_predict import prediction_backends
+    from hf_spam.training.run import main
 
     pytest.importorskip("onnxruntime")
     out = tmp_path / "out"
@@ -111,3 +112,23 @@ def test_prediction_rows_asked_for_run_and_the_others_are_said_skipped(tmp_path)
     assert all("same_label_as_torch_float32" not in row for row in report["rows"].values())
     assert set(report["skipped"]) == {"torch_float32", "torch_bfloat16", "onnxruntime_float32", "pipeline_batch_64"}
     assert report["skipped"]["torch_float32"] == "not asked for"
+
+
+@pytest.mark.slow  # a training, a reference training and servers started
+def test_a_reference_model_and_latency_rows_are_measured_in_the_same_run(tmp_path):
+    """`--reference`: the full-depth model's pipeline() row runs beside a shallow model's rows, and speedups are
+    over it; `--latency`: p50 <= p99 for the API and both server settings."""
+    from hf_spam.reports.bench_predict import latency, prediction_backends
+    from hf_spam.training.run import main
+
+    flags = ["--config", str(ROOT / "configs" / "tiny.yaml"), "--num_train_epochs", "1", "--save_strategy", "no",
+             "--report_to", "none", "--disable_tqdm", "true", "--evaluate_held_out", "false"]  # fmt: skip
+    main([*flags, "--output_dir", str(tmp_path / "full")])
+    main([*flags, "--output_dir", str(tmp_path / "short"), "--keep_layers", "1"])
+    report = prediction_backends(str(tmp_path / "short"), 20, ["torch_float32"], reference=str(tmp_path / "full"))
+    assert list(report["rows"]) == ["reference_pipeline_one_at_a_time", "reference_torch_float32", "torch_float32"]
+    assert report["rows"]["reference_pipeline_one_at_a_time"]["speedup_over_pipeline_one_at_a_time"] == 1.0
+    assert report["speedups_over"].startswith("reference_pipeline_one_at_a_time")
+    timed = latency(str(tmp_path / "short"), requests=5, backends=("torch_float32",))
+    for row in timed["rows"]["torch_float32"].values():
+        assert 0 < row["p50"] <= row["p99"]

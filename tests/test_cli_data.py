@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from hf_spam.cli import main
-from hf_spam.data import SHA256
+from hf_spam.data.collection import SHA256
 
 REPORT_KEYS = {"source", "sha256", "rows", "labels", "duplicates_removed", "splits", "split_labels"}
 
@@ -118,8 +118,8 @@ def test_subprocess_exit_code_is_2_for_a_malformed_file(tmp_path, malformed_file
 
 
 def test_tfidf_baseline_scores_every_split_of_the_same_data(canonical_file):
-    from hf_spam.baseline import tfidf_baseline
-    from hf_spam.data import load_sms_spam
+    from hf_spam.data.splits import load_sms_spam
+    from hf_spam.evaluation.baseline import tfidf_baseline
 
     splits, report = load_sms_spam(data_file=str(canonical_file))
     results = tfidf_baseline(splits)

@@ -1,8 +1,8 @@
 import pytest
 
-from hf_spam.config import parse_args
-from hf_spam.modeling import SHAPES
-from hf_spam.pretrained import EMBEDDED
+from hf_spam.models.loading import SHAPES
+from hf_spam.models.pretrained import EMBEDDED
+from hf_spam.training.arguments import parse_args
 
 from .conftest import ROOT
 
@@ -70,14 +70,14 @@ def test_shipped_configs_parse(name):
 
 @pytest.mark.parametrize("value", ["1.5", "-0.1", "1"])
 def test_max_fpr_outside_0_1_is_a_config_error(value):
-    from hf_spam.config import ConfigError
+    from hf_spam.training.arguments import ConfigError
 
     with pytest.raises(ConfigError, match="max_fpr must be a fraction"):
         parse_args(["--max_fpr", value])
 
 
 def test_a_config_that_is_not_yaml_names_the_file_line_and_column(tmp_path):
-    from hf_spam.config import ConfigError
+    from hf_spam.training.arguments import ConfigError
 
     path = _write(tmp_path, "learning_rate: 5e-5\ntrainable: [last_block\n")
     with pytest.raises(ConfigError, match=r"config.yaml:3:1: not valid YAML"):
@@ -96,15 +96,33 @@ def test_a_config_that_is_not_yaml_names_the_file_line_and_column(tmp_path):
     ],
 )
 def test_out_of_range_training_values_are_one_config_error(flags, message):
-    from hf_spam.config import ConfigError
+    from hf_spam.training.arguments import ConfigError
 
     with pytest.raises(ConfigError, match=message):
         parse_args(flags)
 
 
 def test_train_turns_them_into_one_line_and_exit_code_2(tmp_path, caplog):
-    from hf_spam.train import run
+    from hf_spam.training.run import run
 
     assert run(["--learning_rate", "-1", "--output_dir", str(tmp_path / "out")]) == 2
     assert "learning_rate must be a positive number" in caplog.text
     assert not (tmp_path / "out").exists()
+
+
+def test_the_books_recipe_is_written_once_and_the_config_spells_it_out():
+    """The dataclass defaults are the recipe; configs/gpt2-small.yaml, bench and experiments say the same."""
+    from hf_spam.reports.bench import FULL
+    from hf_spam.reports.experiments import RECIPE
+    from hf_spam.training.arguments import book_recipe, load_yaml, parse_args
+
+    recipe = book_recipe()
+    config = load_yaml(ROOT / "configs" / "gpt2-small.yaml")
+    _, _, yaml_args = parse_args(["--config", str(ROOT / "configs" / "gpt2-small.yaml")])
+    _, _, default_args = parse_args([])
+    for name in recipe:
+        if name != "trainable":
+            assert getattr(yaml_args, name) == getattr(default_args, name), name
+        assert str(FULL[name]) == recipe[name] and RECIPE[RECIPE.index(f"--{name}") + 1] == recipe[name]
+    assert config["trainable"] == recipe["trainable"] == "last_block"
+    assert recipe["learning_rate"] == "5e-05" and recipe["num_train_epochs"] == "5.0" and recipe["seed"] == "123"

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from hf_spam.cv import main as cv_main
-from hf_spam.cv import make_folds
-from hf_spam.data import parse_data_file
-from hf_spam.metrics import recall_at_fpr, spam_score_metrics
+from hf_spam.data.collection import parse_data_file
+from hf_spam.evaluation.metrics import recall_at_fpr, spam_score_metrics
+from hf_spam.reports.cv import main as cv_main
+from hf_spam.reports.cv import make_folds
 
 from .conftest import ROOT
 
@@ -53,7 +53,7 @@ def test_folds_are_stratified_and_disjoint():
 
 
 def test_too_few_messages_of_a_label_for_the_folds_is_one_error():
-    from hf_spam.cv import CVError
+    from hf_spam.reports.cv import CVError
 
     with pytest.raises(CVError, match="5 folds need at least 5 messages of each label; the data has 10 ham, 3 spam"):
         make_folds([f"t{i}" for i in range(13)], [0] * 10 + [1] * 3, ["ham", "spam"], 5, seed=1)
@@ -74,9 +74,9 @@ def test_every_distinct_message_is_scored_once_in_one_fold(cv_run, small_file):
 
 
 def test_fold_training_splits_never_hold_the_fold_messages(small_file):
-    from hf_spam.config import parse_args
-    from hf_spam.cv import fold_splits
-    from hf_spam.data import distinct_rows, read_data
+    from hf_spam.data.splits import distinct_rows, read_data
+    from hf_spam.reports.cv import fold_splits
+    from hf_spam.training.arguments import parse_args
 
     _, data_args, _ = parse_args([*TINY, "--data_file", str(small_file[0])])
     given, report = read_data(data_file=str(small_file[0]))

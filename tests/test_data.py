@@ -6,15 +6,8 @@ import numpy as np
 import pytest
 from datasets import ClassLabel
 
-from hf_spam.data import (
-    FEATURES,
-    SHA256,
-    SPLITS,
-    DataFormatError,
-    load_sms_spam,
-    parse_data_file,
-    sha256_of,
-)
+from hf_spam.data.collection import FEATURES, SHA256, DataFormatError, parse_data_file, sha256_of
+from hf_spam.data.splits import SPLITS, load_sms_spam
 
 # Known facts about the canonical file shipped with hf_spam.
 ROWS, HAM, SPAM, DUPLICATES = 5574, 4827, 747, 403
@@ -272,7 +265,7 @@ def test_held_out_is_every_distinct_message_balancing_left_out(canonical_file):
 
 
 def test_data_of_one_label_or_a_split_without_one_is_a_clear_error(tmp_path):
-    from hf_spam.data import SplitError
+    from hf_spam.data.splits import SplitError
 
     one = tmp_path / "all_ham.txt"
     one.write_text("".join(f"ham\tmessage number {i}\n" for i in range(50)))

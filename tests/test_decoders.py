@@ -16,17 +16,12 @@ from transformers import (
     pipeline,
 )
 
-from hf_spam.inference import load_classifier
-from hf_spam.modeling import UnsupportedModelError, check_decoder, decoder_parts, freeze, load_model
-from hf_spam.trainer import SpamTrainer
-from hf_spam.trunk_cache import (
-    DecoderTail,
-    TrunkStates,
-    collate_trunk_states,
-    frozen_prefix,
-    tail_for,
-    trunk_pass,
-)
+from hf_spam.deploy.classifier import load_classifier
+from hf_spam.models.loading import check_decoder, load_model
+from hf_spam.models.parts import UnsupportedModelError, decoder_parts, freeze
+from hf_spam.training.trainer import SpamTrainer
+from hf_spam.training.trunk_cache import TrunkStates, collate_trunk_states, frozen_prefix, trunk_pass
+from hf_spam.training.trunk_tails import DecoderTail, tail_for
 
 FAMILIES = {
     "llama": {},
@@ -216,7 +211,7 @@ def test_the_probe_catches_a_tail_that_is_not_exact(tiny_model, tokenizer):
 
 
 def test_frozen_prefix_turns_the_cache_off_when_the_probe_differs(family_dir, tokenizer, monkeypatch):
-    import hf_spam.trunk_cache as trunk_cache
+    from hf_spam.training import trunk_cache
 
     model = _load(family_dir, tokenizer)
     monkeypatch.setattr(trunk_cache, "tail_error", lambda *args: 0.5)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_spam.loadtest import free_port
+from hf_spam.deploy.loadtest import free_port
 
 from .conftest import ROOT
 
@@ -120,7 +120,7 @@ def test_one_output_directory_is_written_by_the_main_process(two_ranks):
 def test_use_the_cores_gives_a_launched_cpu_process_its_share(monkeypatch):
     import torch
 
-    from hf_spam.train import use_the_cores
+    from hf_spam.training.launch import use_the_cores
 
     before = torch.get_num_threads()
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)

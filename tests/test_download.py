@@ -11,14 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from hf_spam.data import (
-    ARCHIVE_MEMBER,
-    SHA256,
-    DataIntegrityError,
-    DownloadError,
-    load_sms_spam,
-    obtain_data_file,
-)
+from hf_spam.data.collection import ARCHIVE_MEMBER, SHA256, DataIntegrityError, DownloadError, obtain_data_file
+from hf_spam.data.splits import load_sms_spam
 
 
 @pytest.fixture(autouse=True)
@@ -298,7 +292,7 @@ def test_missing_data_file_raises_file_not_found_naming_the_path(tmp_path, serve
 
 
 def test_a_download_past_the_size_cap_stops_announced_or_not(tmp_path, server, monkeypatch):
-    from hf_spam import data
+    from hf_spam.data import collection as data
 
     monkeypatch.setattr(data, "MAX_DOWNLOAD_BYTES", 100_000)
     big = b"x" * 300_000
@@ -311,7 +305,7 @@ def test_a_download_past_the_size_cap_stops_announced_or_not(tmp_path, server, m
 
 
 def test_a_zip_bomb_is_refused_before_it_unpacks(tmp_path, server, monkeypatch):
-    from hf_spam import data
+    from hf_spam.data import collection as data
 
     bomb = zip_of(b"\0" * 20_000_000)  # 20 MB of zeros: a 20 KB download
     assert len(bomb) < 100_000

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from hf_spam.cli import main as cli_main
-from hf_spam.experiments import ROWS, parse_rows, row_flags
+from hf_spam.reports.experiments import ROWS, parse_rows, row_flags
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,12 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from hf_spam import export as export_module
 from hf_spam.cli import main as cli_main
-from hf_spam.data import load_sms_spam
-from hf_spam.export import ExportError, export, export_graph, onnx_probabilities
-from hf_spam.inference import classifier, load_classifier
+from hf_spam.data.splits import load_sms_spam
+from hf_spam.deploy import export as export_module
+from hf_spam.deploy.classifier import classifier, load_classifier
+from hf_spam.deploy.export import ExportError, export, export_graph
+from hf_spam.deploy.onnx_runtime import onnx_probabilities
 
 from .conftest import ROOT
 from .test_decoders import FAMILIES, TEXTS, tiny_config
@@ -61,7 +62,7 @@ def test_every_decoder_exports_exactly_with_dynamic_batch_and_length(family, tok
 def test_opset_23_runs_attention_and_gelu_as_one_op_each_and_opset_18_as_primitives(tiny_model, tokenizer, tmp_path):
     import onnx
 
-    from hf_spam.export import quantize_int8
+    from hf_spam.deploy.export import quantize_int8
 
     tiny_model.eval()
     reference = classifier(tiny_model, tokenizer, batch_size=4).probabilities(MESSAGES)
@@ -142,7 +143,7 @@ def test_int8_that_costs_accuracy_fails_and_leaves_nothing(saved, test_csv, toke
 
 @pytest.mark.slow  # over 15 s on 2 cores: `make test-all`
 def test_the_default_check_is_the_test_split_the_model_was_trained_with(tmp_path):
-    from hf_spam.train import main
+    from hf_spam.training.run import main
 
     out = tmp_path / "out"
     summary = main(
@@ -177,7 +178,7 @@ def test_export_checks_on_data_named_locally_only(saved, tmp_path, capsys, monke
     """A downloaded model's metrics.json must not make export fetch anything."""
     import urllib.request
 
-    from hf_spam import data
+    from hf_spam.data import collection as data
 
     fetched = []
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: fetched.append(a) or 1 / 0)
@@ -220,7 +221,7 @@ def _texts(path):
     [("mean", True), ("last", False), pytest.param("first", False, marks=pytest.mark.slow)],
 )
 def test_the_graph_pools_and_masks_as_the_saved_model_says(pooling, causal_mask, tokenizer, tmp_path):
-    from hf_spam.modeling import load_model
+    from hf_spam.models.loading import load_model
 
     from .conftest import TINY_OVERRIDES
 
@@ -236,8 +237,8 @@ def test_the_graph_pools_and_masks_as_the_saved_model_says(pooling, causal_mask,
 
 
 def test_gpt2_graph_runs_its_final_block_at_the_last_token_only(tokenizer):
-    from hf_spam.export import PooledLogits
-    from hf_spam.modeling import load_model
+    from hf_spam.deploy.export import PooledLogits
+    from hf_spam.models.loading import load_model
 
     from .conftest import TINY_OVERRIDES
 

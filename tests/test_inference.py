@@ -1,6 +1,6 @@
 import pytest
 
-from hf_spam.inference import load_classifier
+from hf_spam.deploy.classifier import load_classifier
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_answers_are_those_of_a_plain_pipeline(saved):
 
 
 def test_repeated_texts_are_computed_once(saved, monkeypatch):
-    from hf_spam import inference
+    from hf_spam.deploy import classifier as inference
 
     rows = []
     real = inference.pooled_logits
@@ -84,10 +84,10 @@ def test_bfloat16_is_close_to_float32_but_not_exact(saved):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_bfloat16_on_a_cpu_that_would_emulate_it_says_so(saved, native, monkeypatch, caplog):
-    from hf_spam import modeling
+    from hf_spam.models import loading as modeling
 
     monkeypatch.setattr(modeling, "cpu_has_bfloat16", lambda: native)
-    with caplog.at_level("WARNING", logger="hf_spam.modeling"):
+    with caplog.at_level("WARNING", logger="hf_spam.models.loading"):
         load_classifier(saved, dtype="bfloat16")
         load_classifier(saved)  # float32 never warns
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
@@ -141,8 +141,8 @@ def test_a_threshold_outside_0_1_is_refused(saved, threshold):
 def test_decision_threshold_keeps_validation_false_positives_within_max_fpr(tiny_model, tokenizer):
     from datasets import Dataset
 
-    from hf_spam.inference import classifier
-    from hf_spam.train import decision_threshold
+    from hf_spam.deploy.classifier import classifier
+    from hf_spam.training.evaluate import decision_threshold
 
     texts = [f"message number {i} " + "win " * (i % 7) for i in range(40)]
     labels = [i % 2 for i in range(40)]

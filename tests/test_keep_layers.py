@@ -4,8 +4,9 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, pipeline
 
-from hf_spam.inference import load_classifier
-from hf_spam.modeling import ModelConfigError, decoder_parts, freeze, keep_layers, load_model
+from hf_spam.deploy.classifier import load_classifier
+from hf_spam.models.loading import load_model
+from hf_spam.models.parts import ModelConfigError, decoder_parts, freeze, keep_layers
 
 from .conftest import TINY_OVERRIDES
 from .test_decoders import FAMILIES, TEXTS, tiny_config
@@ -69,7 +70,7 @@ def test_the_probe_reads_what_each_cut_model_hands_its_head(full_model, tokenize
     gives its head, for every family."""
     import copy
 
-    from hf_spam.layer_probe import layer_features
+    from hf_spam.training.layer_probe import layer_features
 
     ids = tokenizer(TEXTS)["input_ids"]
     features = layer_features(full_model, ids, tokenizer.pad_token_id, batch_size=2)
@@ -84,7 +85,7 @@ def test_the_probe_reads_what_each_cut_model_hands_its_head(full_model, tokenize
 
 
 def test_auto_keeps_the_shallowest_layer_within_the_tolerance_of_the_best():
-    from hf_spam.layer_probe import choose_depth
+    from hf_spam.training.layer_probe import choose_depth
 
     assert choose_depth([0.90, 0.9875, 0.99, 0.988]) == 2
     assert choose_depth([0.90, 0.985, 0.99, 0.988]) == 3
@@ -95,7 +96,7 @@ def test_auto_keeps_the_shallowest_layer_within_the_tolerance_of_the_best():
 def test_a_run_with_keep_layers_auto_saves_the_depth_it_chose_and_says_why(tmp_path):
     import json
 
-    from hf_spam.train import run
+    from hf_spam.training.run import run
 
     from .conftest import ROOT
 
@@ -116,14 +117,14 @@ def test_a_run_with_keep_layers_auto_saves_the_depth_it_chose_and_says_why(tmp_p
 
 @pytest.mark.parametrize("value, expected", [("auto", "auto"), ("3", 3), (3, 3)])
 def test_keep_layers_takes_a_number_or_auto(value, expected):
-    from hf_spam.config import ModelArguments
+    from hf_spam.training.arguments import ModelArguments
 
     assert ModelArguments(keep_layers=value).keep_layers == expected
 
 
 @pytest.mark.parametrize("value", ["deep", "0", True, 2.5])
 def test_keep_layers_refuses_anything_else(value):
-    from hf_spam.config import ModelArguments
+    from hf_spam.training.arguments import ModelArguments
 
     with pytest.raises(ValueError, match="keep_layers"):
         ModelArguments(keep_layers=value)

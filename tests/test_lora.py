@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, set_seed
 
 from hf_spam import train
-from hf_spam.inference import load_classifier
-from hf_spam.modeling import LoraTargetError, add_lora, load_model
+from hf_spam.deploy.classifier import load_classifier
+from hf_spam.models.loading import load_model
+from hf_spam.models.parts import LoraTargetError, add_lora
 
 from .conftest import ROOT, TINY_OVERRIDES
 from .test_decoders import TEXTS, tiny_config

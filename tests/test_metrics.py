@@ -5,7 +5,7 @@ import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score
 from transformers import EvalPrediction
 
-from hf_spam.metrics import compute_metrics, load_spam_metric
+from hf_spam.evaluation.metrics import compute_metrics, load_spam_metric
 
 # A hand-checked example: rows are (reference, prediction).
 #   (1, 1) (1, 1)          -> tp = 2
@@ -75,7 +75,7 @@ def test_compute_metrics_takes_logits_and_reports_cells_and_examples():
 
 
 def test_wilson_interval_matches_known_values():
-    from hf_spam.metrics import wilson_interval
+    from hf_spam.evaluation.metrics import wilson_interval
 
     low, high = wilson_interval(0, 100)
     assert low == 0.0 and abs(high - 0.0370) < 1e-4  # the "rule of three" region, where Wald gives [0, 0]
@@ -85,7 +85,7 @@ def test_wilson_interval_matches_known_values():
 
 
 def test_at_spam_rate_pools_unseen_ham_and_reweights_precision():
-    from hf_spam.metrics import at_spam_rate
+    from hf_spam.evaluation.metrics import at_spam_rate
 
     test = {"tn": 125, "fp": 6, "fn": 9, "tp": 122}
     held_out = {"tn": 3845, "fp": 20, "fn": 0, "tp": 0}
@@ -99,7 +99,7 @@ def test_at_spam_rate_pools_unseen_ham_and_reweights_precision():
 
 
 def test_multi_class_metrics_are_macro_averages_with_per_class_figures():
-    from hf_spam.metrics import score_predictions
+    from hf_spam.evaluation.metrics import score_predictions
 
     references = [0, 0, 1, 1, 2, 2, 2]
     predictions = [0, 1, 1, 1, 2, 0, 2]

@@ -9,12 +9,12 @@ from datasets import Dataset
 from huggingface_hub import ModelCard
 from transformers import DataCollatorWithPadding
 
-from hf_spam.config import SpamTrainingArguments, parse_args
-from hf_spam.data import SHA256, DataReport
-from hf_spam.metrics import compute_metrics
-from hf_spam.model_card import ModelCardCallback, SpamModelCardData, render_model_card, write_model_card
-from hf_spam.modeling import freeze
-from hf_spam.trainer import SpamTrainer
+from hf_spam.data.collection import SHA256, DataReport
+from hf_spam.evaluation.metrics import compute_metrics
+from hf_spam.evaluation.model_card import ModelCardCallback, SpamModelCardData, render_model_card, write_model_card
+from hf_spam.models.parts import freeze
+from hf_spam.training.arguments import SpamTrainingArguments, parse_args
+from hf_spam.training.trainer import SpamTrainer
 
 from .conftest import TINY_OVERRIDES
 

@@ -2,13 +2,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
-from hf_spam.modeling import (
-    SHAPES,
-    HubUnreachableError,
-    freeze,
-    load_model,
-    parse_config_overrides,
-)
+from hf_spam.models.loading import SHAPES, HubUnreachableError, load_model, parse_config_overrides
+from hf_spam.models.parts import freeze
 
 
 def test_tokenizer_pads_right_with_eos_and_splits_special_tokens(tokenizer):
@@ -110,7 +105,7 @@ def test_pad_is_never_a_token_the_tokenizer_adds_itself():
     pooling would stop at that token. Its own pad token is taken instead; with none, the error says so."""
     from tokenizers.processors import TemplateProcessing
 
-    from hf_spam.modeling import bundled_tokenizer, pad_token_for
+    from hf_spam.models.tokenizer import bundled_tokenizer, pad_token_for
 
     tokenizer = bundled_tokenizer()
     tokenizer.backend_tokenizer.post_processor = TemplateProcessing(

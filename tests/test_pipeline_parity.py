@@ -8,8 +8,10 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, pipeline
 
-from hf_spam.inference import load_classifier
-from hf_spam.modeling import ModelConfigError, bundled_tokenizer, keep_layers, load_model, load_tokenizer
+from hf_spam.deploy.classifier import load_classifier
+from hf_spam.models.loading import load_model
+from hf_spam.models.parts import ModelConfigError, keep_layers
+from hf_spam.models.tokenizer import bundled_tokenizer, load_tokenizer
 
 from .test_decoders import TEXTS, tiny_config
 
@@ -63,7 +65,7 @@ def test_a_template_without_its_placeholder_is_one_error():
 
 def test_pipeline_predict_and_serve_give_the_same_labels_and_scores(recommended_shape):
     pytest.importorskip("fastapi")
-    from hf_spam.serve import create_app
+    from hf_spam.deploy.serve import create_app
 
     from .test_serve import Server, post
 

@@ -6,11 +6,13 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, pipeline
 
-from hf_spam.inference import load_classifier
-from hf_spam.modeling import freeze, load_model
-from hf_spam.pooled_forward import pooled_logits
-from hf_spam.pooling import POOLINGS, pool_packed, pool_padded, pooling_of
-from hf_spam.trunk_cache import collate_trunk_states, frozen_prefix, tail_for, trunk_pass
+from hf_spam.deploy.classifier import load_classifier
+from hf_spam.models.loading import load_model
+from hf_spam.models.parts import freeze
+from hf_spam.models.pooled_forward import pooled_logits
+from hf_spam.models.pooling import POOLINGS, pool_packed, pool_padded, pooling_of
+from hf_spam.training.trunk_cache import collate_trunk_states, frozen_prefix, trunk_pass
+from hf_spam.training.trunk_tails import tail_for
 
 from .conftest import TINY_OVERRIDES
 from .test_decoders import TEXTS, tiny_config
@@ -109,8 +111,8 @@ def test_without_causal_mask_early_tokens_see_late_ones_and_the_cache_is_off(tok
 def test_padding_to_the_longest_message_changes_nothing_the_cache_trains_on(tokenizer, tmp_path):
     from datasets import Dataset, DatasetDict
 
-    from hf_spam.data import tokenize_splits
-    from hf_spam.trunk_cache import trunk_features
+    from hf_spam.data.tokenize import tokenize_splits
+    from hf_spam.training.trunk_cache import trunk_features
 
     model = _gpt2(tokenizer, "last").eval()
     freeze(model, "last_block")

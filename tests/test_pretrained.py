@@ -9,11 +9,13 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-import hf_spam.pretrained as pretrained
-import hf_spam.train as train
-from hf_spam.config import parse_args
-from hf_spam.modeling import HubUnreachableError, load_tokenizer
-from hf_spam.pretrained import EMBEDDED, MissingWeightsError, embedded_gguf, read_source, resolve_pretrained
+import hf_spam.models.pretrained as pretrained
+import hf_spam.training.base_model as base_model
+import hf_spam.training.run as train
+from hf_spam.models.loading import HubUnreachableError
+from hf_spam.models.pretrained import EMBEDDED, MissingWeightsError, embedded_gguf, read_source, resolve_pretrained
+from hf_spam.models.tokenizer import load_tokenizer
+from hf_spam.training.arguments import parse_args
 
 from .conftest import ROOT
 from .test_decoders import tiny_config
@@ -113,13 +115,13 @@ def tiny_llama(tokenizer, tmp_path):
 def test_without_the_hub_the_fallback_is_trained_into_a_directory_named_after_it(
     tiny_llama, tmp_path, monkeypatch, caplog
 ):
-    monkeypatch.setattr(train, "hub_reachable", lambda: False)
+    monkeypatch.setattr(base_model, "hub_reachable", lambda: False)
     model_args, _, training_args = parse_args(
         ["--config", str(ROOT / "configs" / "gpt2-small.yaml"), "--offline_fallback", str(tiny_llama),
          "--output_dir", str(tmp_path / "outputs" / "gpt2-small")]
     )  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="hf_spam"):
-        path, source = train.resolve_base_model(model_args, training_args, None)
+        path, source = base_model.resolve_base_model(model_args, training_args, None)
     assert path == model_args.model_name_or_path == str(tiny_llama) and source is None
     assert training_args.output_dir == str(tmp_path / "outputs" / "tiny-llama")
     [record] = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -127,23 +129,23 @@ def test_without_the_hub_the_fallback_is_trained_into_a_directory_named_after_it
 
 
 def test_without_the_hub_and_no_fallback_the_error_says_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "hub_reachable", lambda: False)
+    monkeypatch.setattr(base_model, "hub_reachable", lambda: False)
     model_args, _, training_args = parse_args(["--model_name_or_path", "gpt2", "--output_dir", str(tmp_path)])
     with pytest.raises(HubUnreachableError, match="smollm2-135m"):
-        train.resolve_base_model(model_args, training_args, None)
+        base_model.resolve_base_model(model_args, training_args, None)
 
 
 def test_a_cached_or_local_model_never_asks_the_hub(tiny_llama, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "hub_reachable", lambda: pytest.fail("asked the Hub"))
+    monkeypatch.setattr(base_model, "hub_reachable", lambda: pytest.fail("asked the Hub"))
     model_args, _, training_args = parse_args(["--model_name_or_path", str(tiny_llama), "--output_dir", str(tmp_path)])
-    assert train.resolve_base_model(model_args, training_args, None) == (str(tiny_llama), None)
-    monkeypatch.setattr(train, "hub_model_cached", lambda *args: True)
+    assert base_model.resolve_base_model(model_args, training_args, None) == (str(tiny_llama), None)
+    monkeypatch.setattr(base_model, "hub_model_cached", lambda *args: True)
     model_args, _, training_args = parse_args(["--model_name_or_path", "gpt2", "--output_dir", str(tmp_path)])
-    assert train.resolve_base_model(model_args, training_args, None)[0] == "gpt2"
+    assert base_model.resolve_base_model(model_args, training_args, None)[0] == "gpt2"
 
 
 def test_a_fallback_run_trains_and_says_which_base_model(tiny_llama, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "hub_reachable", lambda: False)
+    monkeypatch.setattr(base_model, "hub_reachable", lambda: False)
     out = tmp_path / "outputs" / "gpt2-small"
     summary = train.main(
         ["--config", str(ROOT / "configs" / "gpt2-small.yaml"), "--offline_fallback", str(tiny_llama),
@@ -180,7 +182,7 @@ def test_smollm2_recipe_saves_a_llama_classifier_that_a_plain_pipeline_loads(tmp
     import subprocess
     import sys
 
-    from hf_spam.inference import BOOK_EXAMPLES, load_classifier
+    from hf_spam.deploy.classifier import BOOK_EXAMPLES, load_classifier
 
     from .test_end_to_end import PLAIN_PIPELINE
 
@@ -211,7 +213,7 @@ def test_smollm2_recipe_saves_a_llama_classifier_that_a_plain_pipeline_loads(tmp
 def test_a_fallback_config_runs_its_own_recipe_with_the_same_flags(tiny_llama, tmp_path, monkeypatch, caplog):
     """`offline_fallback: other.yaml`: without the Hub, that config runs instead (found beside the first), and
     the command's flags apply to it as they did to the first."""
-    monkeypatch.setattr(train, "hub_reachable", lambda: False)
+    monkeypatch.setattr(base_model, "hub_reachable", lambda: False)
     configs = tmp_path / "configs"
     configs.mkdir()
     (configs / "main.yaml").write_text(

@@ -12,10 +12,10 @@ import pytest
 from huggingface_hub import ModelCard
 from transformers import pipeline
 
-from hf_spam.hub import files_to_push, push_output_dir
-from hf_spam.inference import BOOK_EXAMPLES
-from hf_spam.model_card import render_model_card
-from hf_spam.modeling import load_model
+from hf_spam.deploy.classifier import BOOK_EXAMPLES
+from hf_spam.deploy.hub import files_to_push, push_output_dir
+from hf_spam.evaluation.model_card import render_model_card
+from hf_spam.models.loading import load_model
 
 from .conftest import TINY_OVERRIDES
 from .fake_hub import FakeHub
@@ -34,7 +34,7 @@ DECOYS = ["training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth", 
 PUSH = """
 import logging, sys
 logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
-from hf_spam.hub import push_output_dir
+from hf_spam.deploy.hub import push_output_dir
 print(push_output_dir(sys.argv[1], sys.argv[2], private=True))
 """
 DOWNLOAD = """
@@ -94,7 +94,7 @@ def test_push_uploads_exactly_the_model_files_to_a_private_repo(pushed, output_d
     for name, content in repo.files.items():
         assert content == (output_dir / name).read_bytes(), name
     assert result.stdout.strip() == f"{hub.endpoint}/{REPO_ID}/commit/{repo.head}"
-    log = [line for line in result.stderr.splitlines() if line.startswith("INFO hf_spam.hub: Pushing 7 files")]
+    log = [line for line in result.stderr.splitlines() if line.startswith("INFO hf_spam.deploy.hub: Pushing 7 files")]
     assert len(log) == 1 and REPO_ID in log[0] and all(name in log[0] for name in PUSHED)
     assert ModelCard(repo.files["README.md"].decode()).data.base_model == "openai-community/gpt2"
 

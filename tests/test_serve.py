@@ -19,9 +19,10 @@ import pytest
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 
-from hf_spam.inference import load_classifier  # noqa: E402
-from hf_spam.loadtest import free_port  # noqa: E402
-from hf_spam.serve import Limits, RequestError, create_app, parse_request  # noqa: E402
+from hf_spam.deploy.classifier import load_classifier  # noqa: E402
+from hf_spam.deploy.loadtest import free_port  # noqa: E402
+from hf_spam.deploy.requests import Limits, RequestError, parse_request  # noqa: E402
+from hf_spam.deploy.serve import create_app  # noqa: E402
 
 from .conftest import ROOT  # noqa: E402
 
@@ -300,7 +301,7 @@ def test_the_page_in_a_real_headless_browser(server, saved):
 
 @pytest.mark.slow
 def test_the_load_test_stops_by_itself_and_reports_both_servers(saved, tmp_path):
-    from hf_spam.loadtest import main as loadtest_main
+    from hf_spam.deploy.loadtest import main as loadtest_main
 
     out = tmp_path / "load.json"
     assert loadtest_main(["--model", saved, "--clients", "4", "--seconds", "3", "--max_requests", "200",
@@ -315,7 +316,7 @@ def test_the_load_test_stops_by_itself_and_reports_both_servers(saved, tmp_path)
 @pytest.mark.slow  # over 15 s on 2 cores: `make test-all`
 def test_the_onnxruntime_backend_serves_the_exported_graph(saved, tmp_path):
     pytest.importorskip("onnxruntime")
-    from hf_spam.export import export
+    from hf_spam.deploy.export import export
 
     test_file = tmp_path / "check.csv"
     test_file.write_text(
@@ -335,7 +336,7 @@ def test_the_onnxruntime_backend_serves_the_exported_graph(saved, tmp_path):
 def test_a_hostile_load_hurts_no_innocent_request(saved, tmp_path):
     """`--poison_rate` and `--slow_clients` against a real server process: every poisoned request a 4xx, every
     innocent one a 200, slowloris connections cut with 408 while /health keeps answering."""
-    from hf_spam.loadtest import main as loadtest_main
+    from hf_spam.deploy.loadtest import main as loadtest_main
 
     out = tmp_path / "load.json"
     # The server cuts slow headers after its default 10 s: 12 s of load sees each slow connection cut once.

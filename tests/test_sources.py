@@ -5,8 +5,8 @@ import json
 import pytest
 from datasets import ClassLabel, Dataset, Features, Value
 
-from hf_spam.data import load_data
-from hf_spam.sources import SourceError, read_user_data
+from hf_spam.data.sources import SourceError, read_user_data
+from hf_spam.data.splits import load_data
 
 from .conftest import ROOT
 
@@ -203,7 +203,7 @@ def test_a_local_dataset_directory_loads_like_a_hub_dataset(tmp_path):
 
 
 def test_the_tiny_recipe_trains_from_a_csv_of_ones_own(tmp_path):
-    from hf_spam.train import main
+    from hf_spam.training.run import main
 
     rows = [(f"{t} {i}", "true" if s else "false") for i in range(120) for t, s in [(HAM[i % 5], 0), (SPAM[i % 5], 1)]]
     path = _write(tmp_path / "mail.csv", rows)
@@ -221,7 +221,7 @@ def test_the_tiny_recipe_trains_from_a_csv_of_ones_own(tmp_path):
 def test_the_tiny_recipe_trains_three_classes_with_labels_from_the_data(tmp_path):
     from transformers import pipeline
 
-    from hf_spam.train import main, run
+    from hf_spam.training.run import main, run
 
     kinds = {"personal": HAM, "promo": SPAM, "phishing": ["verify your bank login", "your parcel is held, pay fee"]}
     rows = [(f"{texts[i % len(texts)]} {i}", kind) for i in range(80) for kind, texts in kinds.items()]
@@ -244,7 +244,7 @@ def test_the_tiny_recipe_trains_three_classes_with_labels_from_the_data(tmp_path
     card = (out / "README.md").read_text()
     assert "into 3 classes: **personal**, **phishing**, **promo**" in card
     assert "| Class | Precision | Recall | F1 | Messages |" in card and "| **True phishing** |" in card
-    from hf_spam.inference import load_classifier
+    from hf_spam.deploy.classifier import load_classifier
 
     with pytest.raises(ValueError, match="needs a ham/spam model; this one's labels are personal, phishing, promo"):
         load_classifier(str(out), threshold=0.5)

@@ -6,7 +6,9 @@ import pytest
 from datasets import Dataset, DatasetDict
 from transformers import DataCollatorWithPadding
 
-from hf_spam.data import FEATURES, SPLITS, load_sms_spam, tokenize_splits
+from hf_spam.data.collection import FEATURES
+from hf_spam.data.splits import SPLITS, load_sms_spam
+from hf_spam.data.tokenize import tokenize_splits
 
 EOT = 50256  # <|endoftext|>, also the pad token
 

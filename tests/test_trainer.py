@@ -4,11 +4,11 @@ import torch.nn.functional as F
 from datasets import Dataset
 from transformers import DataCollatorWithPadding
 
-from hf_spam.config import SpamTrainingArguments
-from hf_spam.metrics import compute_metrics
-from hf_spam.modeling import freeze
-from hf_spam.pooling import last_token_index
-from hf_spam.trainer import SpamTrainer
+from hf_spam.evaluation.metrics import compute_metrics
+from hf_spam.models.parts import freeze
+from hf_spam.models.pooling import last_token_index
+from hf_spam.training.arguments import SpamTrainingArguments
+from hf_spam.training.trainer import SpamTrainer
 
 MESSAGES = [
     "Free entry in 2 a wkly comp to win FA Cup final tkts",
@@ -122,7 +122,7 @@ def test_frozen_parameters_do_not_change_and_trainable_ones_do(tiny_model, token
 @pytest.mark.parametrize("optim", ["sgd", "adamw_torch"])
 @pytest.mark.parametrize("n_examples", [24, 20])
 def test_gradient_accumulation_2x4_equals_batch_8(tokenizer, tmp_path, n_examples, optim):
-    from hf_spam.modeling import load_model
+    from hf_spam.models.loading import load_model
 
     results = []
     for batch, accumulation in [(8, 1), (4, 2)]:

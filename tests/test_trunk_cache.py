@@ -4,19 +4,20 @@ from datasets import Dataset
 from transformers import DataCollatorWithPadding, GPT2ForSequenceClassification
 from transformers.masking_utils import create_causal_mask
 
-from hf_spam import trunk_cache
-from hf_spam.config import SpamTrainingArguments
-from hf_spam.gpt2_last_block import last_block_at_ends
-from hf_spam.modeling import freeze, load_model
-from hf_spam.trainer import SpamTrainer
-from hf_spam.trunk_cache import (
-    FrozenTrunkTail,
+from hf_spam.models.gpt2_last_block import last_block_at_ends
+from hf_spam.models.loading import load_model
+from hf_spam.models.parts import freeze
+from hf_spam.training import trunk_cache
+from hf_spam.training.arguments import SpamTrainingArguments
+from hf_spam.training.trainer import SpamTrainer
+from hf_spam.training.trunk_cache import (
     TrunkStates,
     cached_trunk_states,
     collate_trunk_states,
     frozen_prefix,
     trunk_pass,
 )
+from hf_spam.training.trunk_tails import FrozenTrunkTail
 
 from .conftest import TINY_OVERRIDES
 from .test_trainer import MESSAGES

@@ -1,7 +1,7 @@
 """Binary spam-classification metrics as an `evaluate` module that needs no Hub access.
 
 `evaluate.load("accuracy")` downloads its script from the Hub; this module ships inside hf_spam and is
-loaded from its path: `evaluate.load(hf_spam.metrics.SPAM_METRIC_PATH)`.
+loaded from its path: `evaluate.load(hf_spam.evaluation.metrics.SPAM_METRIC_PATH)`.
 """
 
 import datasets

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hf_spam.modeling import load_model
+from hf_spam.models.loading import load_model
 
 from ..conftest import ROOT, TINY_OVERRIDES
 

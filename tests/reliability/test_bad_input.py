@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
 from hf_spam.cli import main as cli_main
-from hf_spam.data import DataFormatError, parse_data_file
+from hf_spam.data.collection import DataFormatError, parse_data_file
 
 from ..conftest import ROOT
 from .conftest import record_figure

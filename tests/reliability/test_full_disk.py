@@ -16,7 +16,7 @@ import signal
 
 import pytest
 
-from hf_spam.checkpoints import CheckpointError, check_checkpoint, resolve_resume
+from hf_spam.training.checkpoints import CheckpointError, check_checkpoint, resolve_resume
 
 from .conftest import EVERY_STEP, bit_identical, error_lines, run_train, weights
 

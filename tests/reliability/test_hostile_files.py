@@ -18,8 +18,8 @@ import sys
 import pytest
 import torch
 
-from hf_spam.checkpoints import CheckpointError, check_checkpoint, resolve_resume
 from hf_spam.cli import main as cli_main
+from hf_spam.training.checkpoints import CheckpointError, check_checkpoint, resolve_resume
 
 from .conftest import EVERY_STEP, error_lines, run_train, weights
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_spam.checkpoints import CheckpointError, check_checkpoint, checkpoints_newest_first, resolve_resume
+from hf_spam.training.checkpoints import CheckpointError, check_checkpoint, checkpoints_newest_first, resolve_resume
 
 from ..conftest import ROOT
 from .conftest import (

@@ -3,8 +3,8 @@ never continues a checkpoint of other settings."""
 
 import json
 
-from hf_spam.checkpoints import RUN_RECORD
-from hf_spam.train import run
+from hf_spam.training.checkpoints import RUN_RECORD
+from hf_spam.training.run import run
 
 from ..conftest import ROOT
 
@@ -60,7 +60,7 @@ def test_a_run_killed_while_saving_leaves_the_previous_model_whole(tmp_path, mon
     run that dies while saving leaves the previous run's files as they were, and the next run cleans up."""
     import pytest
 
-    import hf_spam.train
+    import hf_spam.training.run
 
     out = tmp_path / "out"
     assert run([*TINY, "--output_dir", str(out)]) == 0
@@ -69,13 +69,13 @@ def test_a_run_killed_while_saving_leaves_the_previous_model_whole(tmp_path, mon
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # as a kill would stop it: after the weights, before the last files
 
-    monkeypatch.setattr(hf_spam.train, "write_predictions", killed)
+    monkeypatch.setattr(hf_spam.training.run, "write_predictions", killed)
     with pytest.raises(KeyboardInterrupt):
         run([*TINY, "--output_dir", str(out), "--seed", "7", "--overwrite_output_dir", "true"])
-    assert (out / hf_spam.train.STAGING / "model.safetensors").is_file()  # the new weights, not yet moved in
+    assert (out / hf_spam.training.run.STAGING / "model.safetensors").is_file()  # the new weights, not yet moved in
     assert {name: (out / name).read_bytes() for name in before} == before
     monkeypatch.undo()
     assert run([*TINY, "--output_dir", str(out), "--seed", "7", "--overwrite_output_dir", "true"]) == 0
     assert (out / "model.safetensors").read_bytes() != before["model.safetensors"]
     assert json.loads((out / "metrics.json").read_text())["seed"] == 7
-    assert not (out / hf_spam.train.STAGING).exists()
+    assert not (out / hf_spam.training.run.STAGING).exists()

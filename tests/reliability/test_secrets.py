@@ -7,7 +7,7 @@ import secrets
 
 import pytest
 
-from hf_spam.data import bundled_data_file
+from hf_spam.data.collection import bundled_data_file
 
 from ..fake_hub import FakeHub
 from .conftest import run_train

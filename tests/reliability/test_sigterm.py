@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from hf_spam.checkpoints import check_checkpoint
+from hf_spam.training.checkpoints import check_checkpoint
 
 from ..conftest import ROOT
 from .conftest import (

@@ -1,0 +1,335 @@
+"""`hf-spam serve --model DIR`: an HTTP API in the shape of Hugging Face's Inference API, micro-batched.
+
+    hf-spam serve --model outputs/smollm2-135m --port 8000 [--backend onnxruntime --dtype int8]
+
+    from huggingface_hub import InferenceClient
+    InferenceClient(base_url="http://127.0.0.1:8000").text_classification("WINNER!! Claim your prize")
+    # [TextClassificationOutputElement(label='spam', score=0.99...), TextClassificationOutputElement(label='ham', ...)]
+
+`POST /` and `POST /predict` take `{"inputs": "text" | ["text", ...], "parameters": {"top_k": k}}` and answer
+one list per input of `{"label", "score"}`, the decided label first (the argmax, or the model's saved
+`spam_threshold`, as `hf-spam predict`), then the others by score. `GET /health`, `GET /info`, and `GET /` a
+page to try it. Requests that arrive together (within `batch_wait_ms`, up to `max_batch_texts` texts) are
+classified in one call of the same function `hf-spam predict` uses: each distinct text once, in batches of
+similar length, so every answer equals predict's.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the `Request` annotation of handlers made inside
+# create_app at run time, where a string could not be resolved (fastapi is imported there, as an extra).
+import asyncio
+import hmac
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+
+import numpy as np
+
+from hf_spam.deploy.requests import ClientGone, Limits, RequestError, answers, check_tokens, parse_request, read_body
+from hf_spam.deploy.spam_classifier import read_run_summary
+
+logger = logging.getLogger(__name__)
+
+PAGE = resources.files("hf_spam") / "templates" / "serve.html"
+
+
+class MicroBatcher:
+    """Gathers the texts of concurrent requests and classifies them in one call, on one worker thread.
+
+    `batch_wait_ms=0` with `max_batch_texts=0` turns gathering off: one call per request, the baseline the load
+    test compares with.
+    """
+
+    def __init__(self, predict, batch_wait_ms: float = 5.0, max_batch_texts: int = 256):
+        self.predict = predict
+        self.wait = batch_wait_ms / 1000
+        self.max_texts = max_batch_texts
+        self.queue: asyncio.Queue | None = None
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-spam-model")
+        self.task: asyncio.Task | None = None
+        self.batches = 0
+
+    def start(self) -> None:
+        self.queue = asyncio.Queue()
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        self.executor.shutdown(wait=True)
+
+    async def classify(self, texts: list[str]) -> np.ndarray:
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((texts, future))
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            size = len(batch[0][0])
+            deadline = loop.time() + self.wait
+            while size < self.max_texts:
+                timeout = deadline - loop.time()
+                try:
+                    item = (
+                        self.queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(self.queue.get(), timeout)
+                    )
+                except (asyncio.QueueEmpty, TimeoutError):
+                    break
+                batch.append(item)
+                size += len(item[0])
+            texts = [text for item, _ in batch for text in item]
+            try:
+                probabilities = await loop.run_in_executor(self.executor, self.predict.predict_proba, texts)
+            except Exception as err:
+                if len(batch) == 1:
+                    logger.warning("a request of %d texts failed: %s: %s", len(texts), type(err).__name__, err)
+                    if not batch[0][1].done():
+                        batch[0][1].set_exception(err)
+                    continue
+                # One request's text must not fail the others gathered with it: each is classified on its own.
+                for item, future in batch:
+                    await self._one(item, future)
+                continue
+            self.batches += 1
+            start = 0
+            for item, future in batch:
+                if not future.done():
+                    future.set_result(probabilities[start : start + len(item)])
+                start += len(item)
+
+    async def _one(self, texts: list[str], future) -> None:
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self.executor, self.predict.predict_proba, texts)
+        except Exception as err:
+            logger.warning("a request of %d texts failed: %s: %s", len(texts), type(err).__name__, err)
+            if not future.done():
+                future.set_exception(err)
+            return
+        self.batches += 1
+        if not future.done():
+            future.set_result(result)
+
+
+def create_app(
+    model_dir: str,
+    backend: str = "torch",
+    dtype: str = "float32",
+    batch_size: int = 64,
+    batch_wait_ms: float = 5.0,
+    max_batch_texts: int = 256,
+    limits: Limits | None = None,
+    predict=None,
+    api_key: str | None = None,
+):
+    """The FastAPI application; `predict` (a `SpamClassifier`) is loaded from `model_dir` if not given.
+
+    With `api_key`, `POST /`, `POST /predict` and `GET /info` need `Authorization: Bearer <api_key>` (401
+    otherwise); `GET /health` and the page stay open, for load balancers and for a browser to ask for the key.
+    """
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import HTMLResponse, JSONResponse
+
+    from hf_spam.deploy.classifier import load_classifier
+
+    limits = limits or Limits()
+    if predict is None:
+        predict = load_classifier(model_dir, batch_size=batch_size, dtype=dtype, backend=backend, device="cpu")
+    batcher = MicroBatcher(predict, batch_wait_ms, max_batch_texts)
+    info = model_info(model_dir, predict, backend, dtype, batch_wait_ms, max_batch_texts, limits)
+    info["api_key_required"] = api_key is not None
+    expected = f"Bearer {api_key}".encode() if api_key is not None else None
+    in_flight = 0
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="hf_spam", version=info["hf_spam_version"], lifespan=lifespan)
+    app.state.batcher = batcher
+
+    async def classify(request: Request):
+        nonlocal in_flight
+        if refused := unauthorized(request, expected):
+            return refused
+        if in_flight >= limits.max_concurrent_requests:
+            error = f"the server is answering its limit of {limits.max_concurrent_requests} requests; retry shortly"
+            return JSONResponse({"error": error}, 429, headers={"Retry-After": "1"})
+        in_flight += 1
+        try:
+            return await answer(request, predict, batcher, limits)
+        finally:
+            in_flight -= 1
+
+    app.post("/")(classify)
+    app.post("/predict")(classify)
+
+    @app.get("/health")
+    async def health():
+        # A server whose batching loop has died would accept requests and answer none: say so to the balancer.
+        if batcher.task is None or batcher.task.done():
+            return JSONResponse({"status": "error", "error": "the batching loop is not running"}, 503)
+        return {"status": "ok"}
+
+    @app.get("/info")
+    async def get_info(request: Request):
+        return unauthorized(request, expected) or info
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return PAGE.read_text(encoding="utf-8")
+
+    return app
+
+
+def unauthorized(request, expected: bytes | None):
+    """None when the request may go on; else the 401 to answer. The key is compared in constant time: the
+    answer's timing tells nothing of it."""
+    from fastapi.responses import JSONResponse
+
+    if expected is None:
+        return None
+    given = request.headers.get("authorization", "").encode("latin-1")
+    if hmac.compare_digest(given, expected):
+        return None
+    error = "missing or wrong API key: send the header Authorization: Bearer <key>"
+    return JSONResponse({"error": error}, 401, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def answer(request, predict, batcher: MicroBatcher, limits: Limits):
+    """One classification request: read and check it (a 4xx naming the field), classify its texts with the
+    others gathered, answer in the Inference API's shape."""
+    from fastapi.responses import JSONResponse
+
+    try:
+        body = await read_body(request, limits)
+        texts, single, top_k = parse_request(body, limits)
+        await check_tokens(predict, texts, single, limits.max_input_tokens)
+    except RequestError as err:
+        headers = {"Connection": "close"} if err.status == 408 else None
+        return JSONResponse({"error": str(err), "field": err.field}, status_code=err.status, headers=headers)
+    except ClientGone as gone:
+        logger.warning("%s", gone)
+        return JSONResponse({"error": str(gone)}, 400)  # nobody reads it: uvicorn drops it
+    try:
+        probabilities = await batcher.classify(texts)
+    except (TypeError, ValueError, UnicodeError) as err:  # what the tokenizer says of a text it cannot take
+        error = f"inputs: cannot be classified: {type(err).__name__}: {err}"
+        return JSONResponse({"error": error, "field": "inputs"}, 422)
+    except Exception as err:
+        return JSONResponse({"error": f"the model failed on this request: {type(err).__name__}: {err}"}, 500)
+    return answers(predict, probabilities, top_k)
+
+
+def header_deadline_protocol(header_timeout_s: float):
+    """uvicorn's HTTP/1.1 protocol with a deadline on each request's line and headers: a connection that sends
+    them slowly (slowloris) or not at all gets 408 and is closed, instead of holding a socket for ever."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadlineProtocol(H11Protocol):
+        deadline = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self.conn.their_state is h11.IDLE:  # a request is starting: its headers get the deadline
+                self._arm()
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:
+                self._disarm()
+
+        def connection_lost(self, exc):
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self.deadline is None:
+                self.deadline = self.loop.call_later(header_timeout_s, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self.deadline is not None:
+                self.deadline.cancel()
+                self.deadline = None
+
+        def _too_slow(self) -> None:
+            self.deadline = None
+            if self.transport.is_closing():
+                return
+            client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+            logger.warning("%s sent no complete request headers in %g s: 408, closed", client, header_timeout_s)
+            body = f'{{"error": "no complete request headers in {header_timeout_s:g} s"}}'.encode()
+            head = "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            self.transport.write(f"{head}content-length: {len(body)}\r\n\r\n".encode() + body)
+            self.transport.close()
+
+    return HeaderDeadlineProtocol
+
+
+def model_info(model_dir, predict, backend, dtype, batch_wait_ms, max_batch_texts, limits) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        hf_spam_version = version("hf_spam")
+    except PackageNotFoundError:
+        hf_spam_version = "unknown"
+    summary = read_run_summary(model_dir)
+    config = predict.config
+    return {
+        "model": str(model_dir),
+        "base_model": summary.get("base_model", {}).get("name"),
+        "architecture": (config.architectures or [None])[0],
+        "labels": [config.id2label[i] for i in sorted(config.id2label)],
+        "threshold": predict.threshold,
+        "backend": backend,
+        "dtype": dtype,
+        "micro_batching": {"batch_wait_ms": batch_wait_ms, "max_batch_texts": max_batch_texts},
+        "limits": limits.__dict__,
+        "hf_spam_version": hf_spam_version,
+    }
+
+
+def serve(args) -> int:
+    """`hf-spam serve`: uvicorn on `args.host:args.port`; SIGTERM or Ctrl-C finish the requests in flight."""
+    import uvicorn
+
+    limits = Limits(
+        args.max_body_bytes,
+        args.max_texts,
+        args.max_text_chars,
+        args.max_input_tokens,
+        args.max_concurrent_requests,
+        args.header_timeout_s,
+        args.body_timeout_s,
+    )
+    api_key = args.api_key or os.environ.get("HF_SPAM_API_KEY") or None
+    app = create_app(
+        args.model,
+        backend=args.backend,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        batch_wait_ms=args.batch_wait_ms,
+        max_batch_texts=args.max_batch_texts,
+        limits=limits,
+        api_key=api_key,
+    )
+    logger.info("Serving %s on http://%s:%d (backend %s)", args.model, args.host, args.port, args.backend)
+    if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("Serving on %s without an API key: anyone who reaches it may use it (--api_key)", args.host)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        timeout_graceful_shutdown=30,
+        http=header_deadline_protocol(limits.header_timeout_s),
+    )
+    uvicorn.Server(config).run()
+    return 0

@@ -1,0 +1,186 @@
+"""What a finished run is scored on: each split's metrics, the test predictions file, the decision
+threshold at a false-positive budget, the natural-rate figures, and the final table."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hf_spam.data.splits import SPLITS
+from hf_spam.deploy.classifier import classifier
+from hf_spam.deploy.spam_classifier import SpamClassifier
+from hf_spam.evaluation.baseline import tfidf_baseline
+from hf_spam.evaluation.metrics import at_spam_rate, score_predictions
+from hf_spam.training.arguments import ConfigError
+
+logger = logging.getLogger("hf_spam")
+
+
+def evaluate_split(
+    trainer, features, split: str, classes: list[str], order: list[int] | None
+) -> tuple[dict, np.ndarray]:
+    """The final metrics of one split (logged and saved as `<split>_*`), with its confusion matrix and, for a
+    multi-class model, the per-class figures; and each message's class probabilities, in the split's order
+    (`features` is the split reordered by `order`, or in its order where `order` is None)."""
+    output = trainer.predict(features, metric_key_prefix=split)
+    trainer.log_metrics(split, output.metrics)
+    metrics = {k.removeprefix(f"{split}_"): v for k, v in output.metrics.items()}
+    logits = torch.as_tensor(np.asarray(output.predictions), dtype=torch.float32)
+    scored = score_predictions(logits.argmax(-1).numpy(), output.label_ids, classes)
+    metrics["confusion_matrix"] = scored["confusion_matrix"]
+    if "per_class" in scored:
+        metrics["per_class"] = scored["per_class"]
+    probabilities = logits.softmax(-1).numpy()
+    if order is not None:
+        probabilities[np.asarray(order)] = probabilities.copy()
+    return metrics, probabilities
+
+
+def write_predictions(path: Path, split, probabilities: np.ndarray, config) -> None:
+    """`text,label,prediction,p_<class>...` for each message of `split`, in its order: the errors to read, and
+    what `hf-spam cv` pools across folds. The prediction follows the model's saved `spam_threshold`, if any."""
+    names = [config.id2label[i] for i in range(len(config.id2label))]
+    predicted = SpamClassifier(None, config).decide(probabilities)  # predict's own rule: argmax, or the threshold
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label", "prediction", *(f"p_{name}" for name in names)])
+        for text, label, guess, row in zip(split["text"], split["label"], predicted, probabilities, strict=True):
+            writer.writerow([text, names[label], names[guess], *(f"{p:.8g}" for p in row)])
+
+
+def decision_threshold(model, tokenizer, validation, test, max_fpr: float) -> tuple[float, dict]:
+    """The lowest spam-probability threshold that flags at most `max_fpr` of the validation ham, and the
+    test metrics at it. Lowest: of the thresholds that keep the false-positive rate, it catches most spam."""
+    spam = model.config.label2id["spam"]
+    predictions = classifier(model, tokenizer)(list(validation["text"]))
+    p_spam = [p["score"] if p["label"] == "spam" else 1.0 - p["score"] for p in predictions]
+    ham = sorted((p for p, label in zip(p_spam, validation["label"], strict=True) if label != spam), reverse=True)
+    allowed = int(max_fpr * len(ham))
+    # Just above the first ham score that must not be flagged, in float32: the precision predict compares in.
+    threshold = float(np.nextafter(np.float32(ham[allowed]), np.float32(np.inf))) if allowed < len(ham) else 0.0
+    threshold = min(threshold, 1.0)
+    test_metrics = _scored(classifier(model, tokenizer, threshold=threshold), model, test)
+    flagged = sum(p >= threshold for p in ham)
+    return threshold, {
+        "spam_threshold": threshold,
+        "max_fpr": max_fpr,
+        "chosen_on": "validation",
+        "validation_ham": len(ham),
+        "validation_false_positives": flagged,
+        "test": test_metrics,
+    }
+
+
+def natural_rate_metrics(model, tokenizer, held_out, test: dict, spam_rate: float) -> tuple[dict, dict]:
+    """Score the messages balancing left out with the trained model (the prediction path users get), and
+    what test + held-out say of the data's own spam rate (`metrics.at_spam_rate`)."""
+    held = _scored(classifier(model, tokenizer), model, held_out)
+    return held, at_spam_rate(test, held, spam_rate)
+
+
+def _scored(predict, model, split) -> dict:
+    """The metrics of `predict` (an `inference.classifier`) on a split of texts and labels."""
+    label_ids = [model.config.label2id[p["label"]] for p in predict(list(split["text"]))]
+    return score_predictions(label_ids, list(split["label"]))
+
+
+def length_order(dataset) -> list[int]:
+    """The indices of tokenized examples, shortest first."""
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    return sorted(range(len(lengths)), key=lengths.__getitem__)
+
+
+def class_weights(option: str | None, train_counts: dict[str, int]) -> torch.Tensor | None:
+    """`None`, inverse-frequency weights for `"balanced"` (sklearn's n / (k * count)), or one weight per class
+    in label-id order (`"w_ham,w_spam"`). `train_counts` is by class, in label-id order."""
+    if option is None:
+        return None
+    classes = list(train_counts)
+    if option == "balanced":
+        counts = torch.tensor([train_counts[name] for name in classes], dtype=torch.float32)
+        return counts.sum() / (len(classes) * counts)
+    try:
+        weights = [float(w) for w in option.split(",")]
+    except ValueError:
+        weights = []
+    if len(weights) != len(classes) or not all(math.isfinite(w) and w > 0 for w in weights):
+        raise ConfigError(
+            f"class_weights must be 'balanced' or {len(classes)} positive numbers '{','.join(classes)}', got {option!r}"
+        )
+    return torch.tensor(weights)
+
+
+def metrics_table(results: dict[str, dict], classes: list[str] | None = None) -> str:
+    """The printed results: one row per split; then per class on the test split (multi-class), the threshold
+    and the natural spam rate (binary) where the run has them."""
+    columns = ("accuracy", "precision", "recall", "f1")
+    multi = classes is not None and len(classes) > 2
+    lines = [f"{'split':<11}" + "".join(f"{c:>10}" for c in columns) + f"{'examples':>10}"]
+    for split in SPLITS:
+        metrics = results[split]
+        lines.append(f"{split:<11}" + "".join(f"{metrics[c]:>10.4f}" for c in columns) + f"{metrics['examples']:>10}")
+    if "tfidf" in results:
+        metrics = results["tfidf"]["test"]
+        lines.append(
+            f"{'test tfidf':<11}"
+            + "".join(f"{metrics[c]:>10.4f}" for c in columns)
+            + f"{metrics['examples']:>10}"
+            + "  (char TF-IDF + logistic regression, same splits: the bar to clear)"
+        )
+    if multi:
+        lines[0] += "  (precision, recall, f1: macro averages over the classes)"
+        lines.append(f"{'test class':<21}" + "".join(f"{c:>10}" for c in ("precision", "recall", "f1", "support")))
+        for name, scores in results["test"]["per_class"].items():
+            lines.append(
+                f"{name[:20]:<21}"
+                + "".join(f"{scores[c]:>10.4f}" for c in ("precision", "recall", "f1"))
+                + f"{scores['support']:>10}"
+            )
+    if "threshold" in results:
+        t, metrics = results["threshold"], results["threshold"]["test"]
+        lines.append(
+            f"{'test@' + format(t['spam_threshold'], '.3g'):<11}"
+            + "".join(f"{metrics[c]:>10.4f}" for c in columns)
+            + f"{metrics['examples']:>10}"
+            + f"  (threshold for <= {t['max_fpr']:g} of validation ham flagged: {t['validation_false_positives']} of {t['validation_ham']})"
+        )
+    if "natural_rate" in results:
+        n = results["natural_rate"]
+        low, high = n["false_positive_rate_95ci"]
+        precision = "n/a" if n["precision"] is None else f"{n['precision']:.4f}"
+        lines.append(
+            f"at the data's spam rate ({n['spam_rate']:.1%}), from {n['unseen_ham']:,} unseen ham (test + "
+            f"{results['held_out']['examples']:,} held out) and {n['unseen_spam']:,} unseen spam: false-positive "
+            f"rate {n['false_positive_rate']:.4f} (95% CI {low:.4f}-{high:.4f}), precision {precision}, "
+            f"recall {n['recall']:.4f}"
+        )
+    return "\n".join(lines)
+
+
+def evaluate_run(trainer, model, tokenizer, eval_features, orders, splits, held_out, report):
+    """Every split's metrics and probabilities, the TF-IDF row, the threshold at `max_fpr` and the natural-rate
+    figures."""
+    training_args = trainer.args
+    results, probabilities = {}, {}
+    for split in SPLITS:
+        results[split], probabilities[split] = evaluate_split(
+            trainer, eval_features[split], split, report.classes, orders[split]
+        )
+    # The bar the language model must clear, fitted and scored on the same splits.
+    results["tfidf"] = tfidf_baseline(splits, training_args.seed)
+    if training_args.max_fpr is not None:
+        # Saved in config.json with the model: `hf-spam predict` and every metric below then use it.
+        model.config.spam_threshold, results["threshold"] = decision_threshold(
+            model, tokenizer, splits["validation"], splits["test"], training_args.max_fpr
+        )
+    if held_out is not None and len(held_out) and report.is_binary and trainer.is_world_process_zero():
+        test = results["threshold"]["test"] if "threshold" in results else results["test"]
+        results["held_out"], results["natural_rate"] = natural_rate_metrics(
+            model, tokenizer, held_out, test, report.spam_rate
+        )
+    return results, probabilities
