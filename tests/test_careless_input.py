@@ -173,3 +173,8 @@ def test_train_paths_and_data_that_cannot_work(flags, words, tmp_path, capsys, c
 def test_config_overrides_that_describe_no_model(overrides, words, tmp_path, capsys, caplog):
     code, lines = run([*TINY, "--output_dir", str(tmp_path / "out"), "--config_overrides", overrides], capsys, caplog)
     assert_one_line(code, lines, *words)
+
+
+def test_bench_latency_without_an_export_is_one_line(model_dir, capsys, caplog):
+    code, lines = run(["bench", "--latency", model_dir], capsys, caplog)
+    assert_one_line(code, lines, "no onnx/model.onnx", "hf-spam export")

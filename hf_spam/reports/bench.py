@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from hf_spam.argtypes import ArgumentParser, positive_int
+from hf_spam.argtypes import ArgumentParser, non_negative_float, positive_int
 from hf_spam.deploy.spam_classifier import naming_the_model
 from hf_spam.malloc import keep_freed_memory
 from hf_spam.reports.bench_predict import (
@@ -264,6 +264,12 @@ def build_parser() -> ArgumentParser:
         help="Only the one-message latency (p50/p99 of 200 requests) through the Python API and `hf-spam serve`, "
         "for torch float32 and ONNX Runtime float32 and int8 (export with --quantize int8 first).",
     )
+    parser.add_argument(
+        "--max_accuracy_drop",
+        type=non_negative_float,
+        default=0.5,
+        help="With --predict: the points of test accuracy the int8 export may lose (as hf-spam export; default 0.5).",
+    )
     parser.add_argument("--workdir", type=Path, help="Where runs write (default: a temporary directory).")
     parser.add_argument("--output", type=Path, help="Also write the JSON report here.")
     parser.add_argument("--_variant", help=argparse.SUPPRESS)
@@ -282,7 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # the floor and the pipeline run here: the same allocator settings as train and predict
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is built locally: never wait on the Hub
     if args.latency:
-        report = {"machine": machine(), "latency": latency(args.latency)}
+        try:
+            report = {"machine": machine(), "latency": latency(args.latency)}
+        except (ValueError, OSError, RuntimeError) as err:  # as `hf-spam predict` reports them
+            print(f"hf-spam bench: {naming_the_model(args.latency, err)}", file=sys.stderr)
+            return 2
         print(json.dumps(report, indent=2))
         if args.output:
             args.output.write_text(json.dumps(report, indent=2) + "\n")
@@ -292,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         from safetensors import SafetensorError
 
         try:
-            predict = prediction_backends(args.predict, args.messages, args.backends, args.reference)
+            predict = prediction_backends(
+                args.predict, args.messages, args.backends, args.reference, args.max_accuracy_drop
+            )
         except (ValueError, OSError, SafetensorError, RuntimeError) as err:  # as `hf-spam predict` reports them
             print(f"hf-spam bench: {naming_the_model(args.predict, err)}", file=sys.stderr)
             return 2

@@ -39,7 +39,11 @@ def default_backends() -> list[str]:
 
 
 def prediction_backends(
-    model_dir: str, n_messages: int | None = None, backends: list[str] | None = None, reference: str | None = None
+    model_dir: str,
+    n_messages: int | None = None,
+    backends: list[str] | None = None,
+    reference: str | None = None,
+    max_accuracy_drop: float = 0.5,
 ) -> dict:
     """Every way to classify with one trained model, timed on the same messages in this process.
 
@@ -52,7 +56,7 @@ def prediction_backends(
 
     `reference`: another model directory (the full-depth model a `keep_layers` model was cut from), whose
     `pipeline()` one message at a time and torch float32 rows are timed in the same run; speedups are then
-    over the reference's `pipeline()`.
+    over the reference's `pipeline()`. `max_accuracy_drop`: what the int8 export may lose (as `hf-spam export`).
     """
     from transformers import AutoConfig
 
@@ -70,7 +74,7 @@ def prediction_backends(
     verification = None
     if any(name.startswith("onnxruntime") for name in backends):
         print("[bench] export to ONNX (float32, int8) ...", file=sys.stderr, flush=True)
-        verification = export(model_dir, quantize="int8")
+        verification = export(model_dir, quantize="int8", max_accuracy_drop=max_accuracy_drop)
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
     test = verification_split(model_dir, config, None)[:2]
     runs = [(f"reference_{name}", reference, name) for name in ("pipeline_one_at_a_time", "torch_float32")]
@@ -242,7 +246,15 @@ def latency(model_dir: str, requests: int = 200, backends: tuple[str, ...] = LAT
     from hf_spam.data.collection import bundled_data_file
     from hf_spam.deploy.classifier import load_classifier
     from hf_spam.deploy.loadtest import percentiles, start_server
+    from hf_spam.deploy.onnx_runtime import ONNX_FILES
 
+    for way in backends:  # before anything is timed: a missing export is said at once
+        backend, dtype = way.split("_", 1)
+        if backend == "onnxruntime" and not (Path(model_dir) / "onnx" / ONNX_FILES[dtype]).is_file():
+            how = " --quantize int8" if dtype == "int8" else ""
+            raise FileNotFoundError(
+                f"{model_dir}: no onnx/{ONNX_FILES[dtype]}; run `hf-spam export {model_dir}{how}` first"
+            )
     lines = bundled_data_file().read_text(encoding="utf-8").splitlines()
     texts = random.Random(seed).sample([line.split("\t", 1)[1] for line in lines], requests)
     rows = {}
