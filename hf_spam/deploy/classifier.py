@@ -4,7 +4,7 @@ A saved output directory is a plain `*ForSequenceClassification` (GPT-2, Llama, 
 loads without hf_spam. `hf-spam predict` gives the same labels and scores (up to float rounding) for less work:
 it classifies each distinct text once and batches texts of similar token length together; for GPT-2 it also
 runs the final block only at the last real token, the one whose logits are read
-(`trunk_cache.last_block_at_ends`), and computes GELU with PyTorch's fused kernel (`modeling.use_fused_gelu`).
+(`models.pooled_forward.pooled_logits`), and computes GELU with PyTorch's fused kernel (`models.loading.use_fused_gelu`).
 """
 
 from __future__ import annotations

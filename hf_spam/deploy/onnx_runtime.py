@@ -45,7 +45,7 @@ def session(path: Path):
 
 
 def onnx_probabilities(path: Path, tokenizer, config, batch_size: int = 64) -> Callable[[list[str]], np.ndarray]:
-    """`inference.batched` over an ONNX Runtime session of `path`: the probabilities `hf-spam predict` uses."""
+    """`spam_classifier.batched` over an ONNX Runtime session of `path`: the probabilities `hf-spam predict` uses."""
 
     run = session(path).run
 

@@ -1,6 +1,6 @@
 """The model card (README.md) of a trained classifier: a dataclass filled during training, rendered from a template.
 
-In `train.py`:
+In `training/run.py`:
 
     card = SpamModelCardData.from_run(model_args, data_args, training_args, report, model, max_length=..., trunk_cache=...)
     trainer = SpamTrainer(..., callbacks=[ModelCardCallback(card)])
@@ -52,7 +52,7 @@ FAMILY_NAMES = {"gpt2": "GPT-2", "llama": "Llama", "gemma3_text": "Gemma 3", "qw
 class SpamModelCardData:
     """What the model card says about a training run.
 
-    `data` is `DataReport.to_dict()`; `metrics` maps each split to the dict `train.evaluate_split` builds
+    `data` is `DataReport.to_dict()`; `metrics` maps each split to the dict `training.evaluate.evaluate_split` builds
     (accuracy, precision, recall, f1, examples, confusion_matrix `[[tn, fp], [fn, tp]]`; for a multi-class
     model macro averages, a K x K matrix and `per_class`);
     `epoch_history` is filled by `ModelCardCallback`. `model_id` is the Hub repository the card is written for

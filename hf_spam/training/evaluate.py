@@ -84,7 +84,7 @@ def natural_rate_metrics(model, tokenizer, held_out, test: dict, spam_rate: floa
 
 
 def _scored(predict, model, split) -> dict:
-    """The metrics of `predict` (an `inference.classifier`) on a split of texts and labels."""
+    """The metrics of `predict` (a `SpamClassifier`) on a split of texts and labels."""
     label_ids = [model.config.label2id[p["label"]] for p in predict(list(split["text"]))]
     return score_predictions(label_ids, list(split["label"]))
 
