@@ -55,6 +55,8 @@ class UnsafeModelError(ValueError):
     """A model hf_spam refuses to load: pickled weights only, or custom code."""
 
 
+# Where `training.checkpoints.publish` keeps the files it replaces until its swap is done.
+REPLACED = ".replaced"
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 
 
@@ -70,6 +72,11 @@ def check_local_model_dir(path: str | Path) -> None:
     path = Path(path)
     if not path.is_dir():
         return
+    if (path / REPLACED).exists():
+        raise ValueError(
+            f"{path}: a save was interrupted ({REPLACED}/ holds the previous files); run `hf-spam train` into it "
+            "again (it puts the previous model back first), or train into another directory"
+        )
     if not any((path / name).is_file() for name in SAFE_WEIGHTS):
         pickles = [name for name in PICKLED_WEIGHTS if (path / name).is_file()]
         found = f"it has only {', '.join(pickles)}" if pickles else "it has no weights file"

@@ -24,6 +24,7 @@ from transformers import TrainerCallback
 from transformers.trainer_pt_utils import safe_globals
 
 from hf_spam.data.collection import write_atomically
+from hf_spam.models.loading import REPLACED
 
 logger = logging.getLogger(__name__)
 
@@ -211,6 +212,8 @@ def prepare_output_dir(
     `write`s (the main process) removes and records.
     """
     output_dir = Path(output_dir)
+    if write and output_dir.is_dir():
+        recover_interrupted_save(output_dir)
     record = output_dir / RUN_RECORD
     before = json.loads(record.read_text()) if resume and record.is_file() else None
     held = [name for name in ("config.json", "model.safetensors", "metrics.json") if (output_dir / name).exists()]
@@ -236,3 +239,45 @@ def prepare_output_dir(
     output_dir.mkdir(parents=True, exist_ok=True)
     # Beside it, then renamed: the other processes of a launch may be reading it (resume) at this moment.
     write_atomically(json.dumps(settings, indent=2).encode() + b"\n", record)
+
+
+# The final model and its reports are written into STAGING first, then swapped in (`publish`); the files they
+# replace wait in REPLACED until the swap is done.
+STAGING = ".saving"
+MANIFEST = "manifest.json"
+
+
+def publish(staging: Path, output_dir: Path) -> None:
+    """Swap the files of `staging` into `output_dir`: the files they replace are moved aside into `.replaced/`
+    first, then the new ones moved in (`metrics.json` last), then `.replaced/` removed.
+
+    Every step is a rename: no data is written, so a full disk cannot stop it, and a run killed at any moment
+    leaves the old set or the new one whole. Until `recover_interrupted_save` (the next run into the
+    directory) puts the old files back, loaders refuse a directory with `.replaced/` in one line.
+    """
+    aside = output_dir / REPLACED
+    aside.mkdir(exist_ok=True)
+    names = sorted((p.name for p in staging.iterdir()), key=lambda name: name == "metrics.json")
+    write_atomically(json.dumps(names).encode(), aside / MANIFEST)
+    for name in names:
+        if (output_dir / name).exists():
+            (output_dir / name).replace(aside / name)
+    for name in names:
+        (staging / name).replace(output_dir / name)
+    staging.rmdir()  # the new set is whole from here on
+    shutil.rmtree(aside)
+
+
+def recover_interrupted_save(output_dir: Path) -> None:
+    """Undo what a killed `publish` left: the old files back in place while the new set was not whole yet,
+    and whatever the swap left aside or unfinished removed."""
+    aside, staging = output_dir / REPLACED, output_dir / STAGING
+    if aside.is_dir() and staging.is_dir() and (aside / MANIFEST).is_file():
+        for name in json.loads((aside / MANIFEST).read_text()):
+            if (aside / name).exists():
+                (aside / name).replace(output_dir / name)
+            elif (output_dir / name).exists() and not (staging / name).exists():
+                (output_dir / name).unlink()  # a new file that had no old one: not part of the old set
+        logger.warning("%s: a save was interrupted; put the previous run's files back", output_dir)
+    for leftover in (aside, staging):
+        shutil.rmtree(leftover, ignore_errors=True)

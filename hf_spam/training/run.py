@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import sys
 from functools import partial
@@ -55,9 +54,11 @@ from hf_spam.models.tokenizer import load_tokenizer
 from hf_spam.training.arguments import ConfigError, parse_args
 from hf_spam.training.base_model import OfflineFallback, resolve_base_model, without_config
 from hf_spam.training.checkpoints import (
+    STAGING,
     CheckpointError,
     StopOnSigterm,
     prepare_output_dir,
+    publish,
     resolve_resume,
     run_settings,
 )
@@ -339,20 +340,6 @@ def save_run(trainer, model, tokenizer, card, summary: dict, test_probabilities,
     # The trained model in memory, not a reload of output_dir: a second copy would be the run's peak memory.
     for text, prediction in zip(BOOK_EXAMPLES, classifier(model, tokenizer)(BOOK_EXAMPLES), strict=True):
         print(f"{prediction['label']:>4} {prediction['score']:.3f}  {text}")
-
-
-# The final model and its reports are written here first, then moved into output_dir (`publish`).
-STAGING = ".saving"
-
-
-def publish(staging: Path, output_dir: Path) -> None:
-    """Move the files of `staging` into `output_dir`, each by one rename (atomic), `metrics.json` last and the
-    old one removed first: a run killed while saving never leaves half a safetensors file, and a directory
-    whose `metrics.json` is there holds one whole run's set of files."""
-    (output_dir / "metrics.json").unlink(missing_ok=True)
-    for path in sorted(staging.iterdir(), key=lambda p: p.name == "metrics.json"):
-        os.replace(path, output_dir / path.name)
-    staging.rmdir()
 
 
 # The plots every run writes beside its model card, which embeds them.

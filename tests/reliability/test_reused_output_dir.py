@@ -60,6 +60,7 @@ def test_a_run_killed_while_saving_leaves_the_previous_model_whole(tmp_path, mon
     run that dies while saving leaves the previous run's files as they were, and the next run cleans up."""
     import pytest
 
+    import hf_spam.training.checkpoints
     import hf_spam.training.run
 
     out = tmp_path / "out"
@@ -72,10 +73,47 @@ def test_a_run_killed_while_saving_leaves_the_previous_model_whole(tmp_path, mon
     monkeypatch.setattr(hf_spam.training.run, "write_predictions", killed)
     with pytest.raises(KeyboardInterrupt):
         run([*TINY, "--output_dir", str(out), "--seed", "7", "--overwrite_output_dir", "true"])
-    assert (out / hf_spam.training.run.STAGING / "model.safetensors").is_file()  # the new weights, not yet moved in
+    assert (
+        out / hf_spam.training.checkpoints.STAGING / "model.safetensors"
+    ).is_file()  # the new weights, not yet moved in
     assert {name: (out / name).read_bytes() for name in before} == before
     monkeypatch.undo()
     assert run([*TINY, "--output_dir", str(out), "--seed", "7", "--overwrite_output_dir", "true"]) == 0
     assert (out / "model.safetensors").read_bytes() != before["model.safetensors"]
     assert json.loads((out / "metrics.json").read_text())["seed"] == 7
-    assert not (out / hf_spam.training.run.STAGING).exists()
+    assert not (out / hf_spam.training.checkpoints.STAGING).exists()
+
+
+def test_a_kill_in_the_middle_of_the_swap_is_refused_by_loaders_then_undone(tmp_path, monkeypatch):
+    """Killed between the renames of the final swap: loaders refuse the directory in one line, and the next run
+    into it puts the previous run's files back (checked on their bytes) before anything else."""
+    import pathlib
+
+    import pytest
+
+    from hf_spam.deploy.classifier import load_classifier
+    from hf_spam.training.checkpoints import recover_interrupted_save
+
+    out = tmp_path / "out"
+    assert run([*TINY, "--output_dir", str(out)]) == 0
+    names = ("model.safetensors", "metrics.json", "config.json", "README.md")
+    before = {name: (out / name).read_bytes() for name in names}
+    real_replace, calls = pathlib.Path.replace, []
+
+    def killed_on_the_fourth_rename_into_out(self, target):
+        if pathlib.Path(target).parent == out:
+            calls.append(target)
+            if len(calls) == 4:
+                raise KeyboardInterrupt
+        return real_replace(self, target)
+
+    monkeypatch.setattr(pathlib.Path, "replace", killed_on_the_fourth_rename_into_out)
+    with pytest.raises(KeyboardInterrupt):
+        run([*TINY, "--output_dir", str(out), "--seed", "7", "--overwrite_output_dir", "true"])
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="a save was interrupted"):
+        load_classifier(str(out))
+    recover_interrupted_save(out)
+    assert {name: (out / name).read_bytes() for name in names} == before
+    assert not (out / ".replaced").exists() and not (out / ".saving").exists()
+    assert load_classifier(str(out))(["hi"])[0]["label"] in {"ham", "spam"}
