@@ -58,6 +58,15 @@ def onnx_probabilities(path: Path, tokenizer, config, batch_size: int = 64) -> C
     return batched(forward, tokenizer, model_context(config), batch_size, "np")
 
 
+def exported_graph(model_dir: str, dtype: str) -> Path:
+    """`MODEL_DIR/onnx/model.onnx` (or `model_quantized.onnx` for int8), or one line saying how to make it."""
+    path = Path(model_dir) / "onnx" / ONNX_FILES[dtype]
+    if not path.is_file():
+        how = " --quantize int8" if dtype == "int8" else ""
+        raise FileNotFoundError(f"{model_dir}: no onnx/{path.name}; run `hf-spam export {model_dir}{how}` first")
+    return path
+
+
 def onnx_classifier(
     model_dir: str, batch_size: int = 64, dtype: str = "float32", threshold: float | None = None
 ) -> SpamClassifier:
@@ -69,10 +78,7 @@ def onnx_classifier(
     if dtype not in ONNX_FILES:
         raise ValueError(f"dtype: the onnxruntime backend runs {' or '.join(ONNX_FILES)}, got {dtype!r}")
     require_onnx()
-    path = Path(model_dir) / "onnx" / ONNX_FILES[dtype]
-    if not path.is_file():
-        how = " --quantize int8" if dtype == "int8" else ""
-        raise FileNotFoundError(f"{model_dir}: no onnx/{path.name}; run `hf-spam export {model_dir}{how}` first")
+    path = exported_graph(model_dir, dtype)
     check_export_is_current(model_dir)
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)

@@ -246,15 +246,12 @@ def latency(model_dir: str, requests: int = 200, backends: tuple[str, ...] = LAT
     from hf_spam.data.collection import bundled_data_file
     from hf_spam.deploy.classifier import load_classifier
     from hf_spam.deploy.loadtest import percentiles, start_server
-    from hf_spam.deploy.onnx_runtime import ONNX_FILES
+    from hf_spam.deploy.onnx_runtime import exported_graph
 
     for way in backends:  # before anything is timed: a missing export is said at once
         backend, dtype = way.split("_", 1)
-        if backend == "onnxruntime" and not (Path(model_dir) / "onnx" / ONNX_FILES[dtype]).is_file():
-            how = " --quantize int8" if dtype == "int8" else ""
-            raise FileNotFoundError(
-                f"{model_dir}: no onnx/{ONNX_FILES[dtype]}; run `hf-spam export {model_dir}{how}` first"
-            )
+        if backend == "onnxruntime":
+            exported_graph(model_dir, dtype)
     lines = bundled_data_file().read_text(encoding="utf-8").splitlines()
     texts = random.Random(seed).sample([line.split("\t", 1)[1] for line in lines], requests)
     rows = {}
