@@ -132,6 +132,7 @@ def serve_command(args: argparse.Namespace) -> int:
     if api_key is not None and not (api_key.isascii() and api_key.isprintable() and api_key.strip() == api_key):
         print("hf-spam serve: the API key must be printable ASCII with no spaces at its ends", file=sys.stderr)
         return 2
+    args.api_key = api_key or None  # resolved once: serve() reads the flag only
     if args.batch_wait_ms < 0 or args.max_batch_texts < 0:
         print("hf-spam serve: --batch_wait_ms and --max_batch_texts must not be negative", file=sys.stderr)
         return 2

@@ -19,7 +19,6 @@ similar length, so every answer equals predict's.
 import asyncio
 import hmac
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 
@@ -309,7 +308,7 @@ def serve(args) -> int:
         args.header_timeout_s,
         args.body_timeout_s,
     )
-    api_key = args.api_key or os.environ.get("HF_SPAM_API_KEY") or None
+    api_key = args.api_key  # the flag or HF_SPAM_API_KEY, as serve_command resolved and checked it
     app = create_app(
         args.model,
         backend=args.backend,
