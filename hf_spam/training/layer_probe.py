@@ -93,13 +93,13 @@ def auto_depth(model: PreTrainedModel, tokenized, pad_id: int, seed: int, batch_
     features = layer_features(model, real_tokens(train), pad_id, batch_size)
     validation_features = layer_features(model, real_tokens(validation), pad_id, batch_size)
     scores = probe_scores(features, list(train["label"]), validation_features, list(validation["label"]), seed)
-    depth = choose_depth(scores)
+    depth, seconds = choose_depth(scores), time.perf_counter() - started
     metric = "average precision" if len(set(train["label"])) <= 2 else "accuracy"
     lines = [f"keep_layers auto: a linear probe of each layer, validation {metric}:"]
     lines += [f"  layer {k:>2}: {score:.4f}{'  <- kept' if k == depth else ''}" for k, score in enumerate(scores, 1)]
     lines.append(
         f"  kept {depth} of {len(scores)} layers: the shallowest within {TOLERANCE} of the best "
-        f"({max(scores):.4f}, layer {int(np.argmax(scores)) + 1}); {time.perf_counter() - started:.0f} s"
+        f"({max(scores):.4f}, layer {int(np.argmax(scores)) + 1}); {seconds:.0f} s"
     )
     logger.info("\n".join(lines))
     figures = {
@@ -107,6 +107,6 @@ def auto_depth(model: PreTrainedModel, tokenized, pad_id: int, seed: int, batch_
         "scores": [round(s, 6) for s in scores],
         "kept": depth,
         "tolerance": TOLERANCE,
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(seconds, 1),
     }
     return depth, figures
