@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import logging
 import os
 import sys
+
+from transformers import HfArgumentParser
 
 from hf_spam.argtypes import (
     ArgumentParser,
@@ -17,8 +20,9 @@ from hf_spam.argtypes import (
     positive_float,
     positive_int,
 )
-from hf_spam.data.collection import URLS, DataFormatError, DataIntegrityError, DownloadError
-from hf_spam.data.splits import load_data
+from hf_spam.data.arguments import DataArguments, check_finite
+from hf_spam.data.collection import DataFormatError, DataIntegrityError, DownloadError
+from hf_spam.data.splits import load_splits
 from hf_spam.deploy.spam_classifier import naming_the_model, read_run_summary
 
 
@@ -26,28 +30,14 @@ def data_command(args: argparse.Namespace) -> int:
     from hf_spam.data.sources import SourceError
 
     try:
-        _, report = load_data(
-            dataset_name=args.dataset_name,
-            dataset_config_name=args.dataset_config_name,
-            dataset_revision=args.dataset_revision,
-            train_file=args.train_file,
-            validation_file=args.validation_file,
-            test_file=args.test_file,
-            text_column=args.text_column,
-            label_column=args.label_column,
-            spam_label=args.spam_label,
-            lenient=args.lenient,
-            dedupe_texts=args.dedupe,
-            balance=args.balance,
-            split_ratios=args.split_ratios,
-            seed=args.seed,
-            data_file=args.data_file,
-            cache_dir=args.cache_dir,
-            urls=args.data_urls,
-            download_timeout=args.download_timeout,
-        )
-    except (DataFormatError, DataIntegrityError, DownloadError, SourceError, FileNotFoundError, ValueError) as err:
+        data_args = DataArguments(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DataArguments)})
+        check_finite(data_args)
+        _, report = load_splits(data_args, seed=args.seed)
+    except (DataFormatError, DataIntegrityError, DownloadError, SourceError, FileNotFoundError) as err:
         print(f"hf-spam data: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # DataArguments' own checks, whose messages start with the field's name
+        print(f"hf-spam data: error: --{err} (see --help)", file=sys.stderr)
         return 2
     print(json.dumps(report.to_dict(), indent=2))
     return 0
@@ -196,26 +186,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_data_parser(sub) -> None:
-    """`hf-spam data`: the data stage alone, its report as JSON."""
-    data = sub.add_parser("data", help="Obtain, verify, dedupe, balance and split the data; print a JSON report.")
-    data.add_argument("--data_file", help="A local label<TAB>text file instead of the SMS Spam Collection.")
-    data.add_argument("--dataset_name", help="A Hub dataset of one's own messages (load_dataset).")
-    data.add_argument("--dataset_config_name")
-    data.add_argument("--dataset_revision")
-    data.add_argument("--train_file", help="Messages of one's own: .csv, .tsv, .json, .jsonl or .parquet.")
-    data.add_argument("--validation_file")
-    data.add_argument("--test_file")
-    data.add_argument("--text_column", help="Default: found among text, sms, message, body, ...")
-    data.add_argument("--label_column", help="Default: found among label, is_spam, spam, class, ...")
-    data.add_argument("--spam_label", help="Which label is spam, where the labels do not say.")
-    data.add_argument("--cache_dir", help="Download cache (default: $HF_SPAM_CACHE or ~/.cache/hf_spam).")
-    data.add_argument("--data_urls", nargs="*", default=URLS, help="Zip archives to try, in order.")
-    data.add_argument("--download_timeout", type=positive_float, default=30.0)
-    data.add_argument("--dedupe", action=argparse.BooleanOptionalAction, default=True, help="Drop duplicate texts.")
-    data.add_argument("--balance", choices=["undersample", "none"], default="undersample")
-    data.add_argument("--lenient", action="store_true", help="Skip malformed lines and count them.")
-    data.add_argument("--split_ratios", nargs=3, type=non_negative_float, default=[0.7, 0.1, 0.2])
-    data.add_argument("--seed", type=int, default=123)
+    """`hf-spam data`: the data stage alone, its report as JSON. Its flags are `DataArguments`' fields, as in
+    `hf-spam train`, so the two commands cannot drift apart."""
+    fields = HfArgumentParser(DataArguments, add_help=False)
+    # "never download" is `--data_urls` with no URL; HfArgumentParser asks lists for at least one value.
+    fields._option_string_actions["--data_urls"].nargs = "*"
+    data = sub.add_parser(
+        "data",
+        parents=[fields],
+        help="Obtain, verify, dedupe, balance and split the data; print a JSON report.",
+    )
+    data.add_argument("--cache_dir", dest="data_cache_dir", help="The same as --data_cache_dir.")
+    data.add_argument("--seed", type=int, default=123, help="The seed of balancing and splitting.")
 
 
 def add_predict_parser(sub) -> None:

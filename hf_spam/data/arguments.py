@@ -3,6 +3,8 @@ the flags of `hf-spam data` and `hf-spam train`)."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from hf_spam.data.collection import URLS
@@ -10,6 +12,9 @@ from hf_spam.data.collection import URLS
 
 @dataclass
 class DataArguments:
+    """Its checks raise ValueError with a message that starts with the field's name, which `hf-spam data`
+    turns into the flag's name."""
+
     dataset_name: str | None = field(
         default=None,
         metadata={"help": "A Hub dataset of one's own messages (e.g. ucirvine/sms_spam), via load_dataset."},
@@ -99,3 +104,13 @@ class DataArguments:
             raise ValueError(
                 f"split_ratios must be three non-negative fractions summing to 1, got {self.split_ratios}"
             )
+
+
+def check_finite(arguments) -> None:
+    """NaN and infinity pass most range checks (`nan < 0` is false) and then poison a run: refuse them in every
+    number of an arguments dataclass, YAML's `.nan` / `.inf` included."""
+    for f in dataclasses.fields(arguments):
+        value = getattr(arguments, f.name, None)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ValueError(f"{f.name} must be a finite number, got {value!r}")

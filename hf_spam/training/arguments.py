@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from hf_spam.data.arguments import DataArguments
+from hf_spam.data.arguments import DataArguments, check_finite
 
 
 @dataclass
@@ -279,19 +279,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=rest)
     except ValueError as err:  # unknown flags, and the dataclasses' own validation
         raise ConfigError(str(err)) from err
-    for arguments in (model_args, data_args, training_args):
-        check_finite(arguments)
+    try:
+        for arguments in (model_args, data_args, training_args):
+            check_finite(arguments)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     return model_args, data_args, training_args
-
-
-def check_finite(arguments) -> None:
-    """NaN and infinity pass most range checks (`nan < 0` is false) and then poison a run: refuse them in every
-    number of the arguments, YAML's `.nan` / `.inf` included."""
-    for f in dataclasses.fields(arguments):
-        value = getattr(arguments, f.name, None)
-        values = value if isinstance(value, (list, tuple)) else [value]
-        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
-            raise ConfigError(f"{f.name} must be a finite number, got {value!r}")
 
 
 def _one_line_error(message: str):
