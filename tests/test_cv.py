@@ -7,12 +7,14 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from hf_spam.data.collection import parse_data_file
-from hf_spam.evaluation.metrics import recall_at_fpr, spam_score_metrics
+from hf_spam.evaluation.metrics import recall_at_fpr, spam_log_odds, spam_score_metrics
 from hf_spam.reports.cv import main as cv_main
 from hf_spam.reports.cv import make_folds
+from hf_spam.reports.cv_report import model_metrics
 
 from .conftest import ROOT
 
@@ -97,12 +99,15 @@ def test_pooled_figures_equal_those_recomputed_from_oof_csv(cv_run, small_file):
     rows = read_oof(cv_dir)
     summary = json.loads((cv_dir / "cv.json").read_text())
     y = np.array([row["label"] == "spam" for row in rows], dtype=int)
-    for name, column in (("model", "score"), ("tfidf", "tfidf_score")):
-        scores = np.array([float(row[column]) for row in rows])
+    for name, prefix in (("model", ""), ("tfidf", "tfidf_")):
+        scores = np.array([float(row[f"{prefix}log_odds"]) for row in rows])
+        probabilities = np.array([float(row[f"{prefix}score"]) for row in rows])
+        # the log-odds rank as the probabilities do, without their rounding to 1.0
+        assert np.all(np.diff(probabilities[np.argsort(scores, kind="stable")]) >= -1e-7)
         pooled = summary["models"][name]["pooled"]
         assert pooled["average_precision"] == pytest.approx(average_precision_score(y, scores), abs=1e-6)
         assert pooled["roc_auc"] == pytest.approx(roc_auc_score(y, scores), abs=1e-6)
-        assert pooled["accuracy"] == pytest.approx(np.mean((scores >= 0.5) == y), abs=1e-9)
+        assert pooled["accuracy"] == pytest.approx(np.mean((probabilities >= 0.5) == y), abs=1e-9)
         for budget, at in pooled["at_fpr"].items():
             again = recall_at_fpr(y, scores, float(budget))
             assert (at["recall"], at["false_positives"]) == (again["recall"], again["false_positives"])
@@ -164,3 +169,19 @@ def test_score_metrics_match_sklearn_and_give_wilson_intervals():
     assert m["tp"] + m["fn"] == y.sum() and m["tp"] + m["fp"] == (s >= 0.5).sum()
     low, high = m["recall_95ci"]
     assert low < m["recall"] < high
+
+
+def test_confident_scores_are_ranked_by_log_odds_not_rounded_probabilities():
+    """A float32 softmax rounds p(spam) to 1.0 from a logit margin of about 17: a ham at margin 18 would tie
+    with spam at margin 40 and hide them at a 0% false-positive budget. The ham column keeps the digits."""
+    classes = ["ham", "spam"]
+    logits = torch.tensor([[0.0, 40.0], [0.0, 30.0], [0.0, 18.0], [0.0, -5.0], [0.0, -9.0]])
+    probabilities = logits.softmax(-1).numpy()
+    assert (probabilities[:3, 1] == 1.0).all()  # what the spam column alone would rank by
+    labels = np.array([1, 1, 0, 0, 0])
+    metrics = model_metrics(labels, probabilities, classes, binary=True)
+    at_zero = recall_at_fpr(labels, spam_log_odds(probabilities, 1), 0.0)
+    assert (at_zero["recall"], at_zero["false_positives"]) == (1.0, 0)
+    assert metrics["average_precision"] == pytest.approx(1.0)
+    assert metrics["accuracy"] == pytest.approx(0.8)  # the ham at margin 18 is flagged at p >= 0.5
+    assert spam_log_odds(probabilities, 1)[0] == pytest.approx(40.0, abs=1e-3)

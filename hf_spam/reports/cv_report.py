@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hf_spam.data.collection import write_atomically
-from hf_spam.evaluation.metrics import FPR_BUDGETS, score_predictions, spam_score_metrics
+from hf_spam.evaluation.metrics import FPR_BUDGETS, score_predictions, spam_log_odds, spam_score_metrics
 from hf_spam.evaluation.sentence_baseline import SENTENCE_MODEL
 
 if TYPE_CHECKING:
@@ -25,8 +25,9 @@ WORST = 20
 
 
 def model_metrics(labels: np.ndarray, probabilities: np.ndarray, classes: list[str], binary: bool) -> dict:
+    """A binary model is ranked by its log-odds of spam (thresholds in log-odds; 0 is the probability 0.5)."""
     if binary:
-        return spam_score_metrics(labels, probabilities[:, classes.index("spam")])
+        return spam_score_metrics(labels, spam_log_odds(probabilities, classes.index("spam")), threshold=0.0)
     return score_predictions(probabilities.argmax(-1), labels, classes)
 
 
@@ -90,14 +91,20 @@ def write_outputs(cv_dir: Path, results: list[dict], folds: Folds, summary: dict
     f = io.StringIO(newline="")
     writer = csv.writer(f)
     if binary:
-        writer.writerow(["text", "label", "fold", "score", *(f"{n}_score" for n in names if n != "model")])
+        others = [n for n in names if n != "model"]
+        writer.writerow(
+            ["text", "label", "fold", "score", *(f"{n}_score" for n in others)]
+            + ["log_odds", *(f"{n}_log_odds" for n in others)]
+        )
     else:
         writer.writerow(["text", "label", "fold", "prediction", *(f"p_{c}" for c in folds.classes)])
     for r in results:
+        log_odds = {n: spam_log_odds(r["probabilities"][n], target["spam"]) for n in names} if binary else {}
         for i, (text, label) in enumerate(zip(r["texts"], r["labels"], strict=True)):
             if binary:
                 scores = [f"{r['probabilities'][n][i][target['spam']]:.8g}" for n in names]
-                writer.writerow([text, folds.classes[label], r["fold"], *scores])
+                odds = [f"{log_odds[n][i]:.10g}" for n in names]
+                writer.writerow([text, folds.classes[label], r["fold"], *scores, *odds])
             else:
                 p = r["probabilities"]["model"][i]
                 writer.writerow([text, folds.classes[label], r["fold"], folds.classes[int(np.argmax(p))], *p])
@@ -163,19 +170,32 @@ def markdown_summary(summary: dict, binary: bool, full: bool = False) -> str:
     return "\n".join(lines)
 
 
+def threshold_cells(log_odds: float) -> str:
+    """A log-odds threshold, and its spam probability with the digits that tell it from 1."""
+    rest = float(np.exp(-np.logaddexp(0.0, log_odds)))  # 1 - p, computed without rounding p to 1
+    probability = float(np.exp(-np.logaddexp(0.0, -log_odds)))
+    shown = f"1 - {rest:.3g}" if rest < 1e-3 else f"{probability:.6g}"
+    return f"{log_odds:.6g} | {shown}"
+
+
 def detail_tables(summary: dict, binary: bool, budgets: list[str]) -> list[str]:
     """`cv.md`'s tables under the pooled one: thresholds and intervals, per fold, the worst errors."""
     lines = []
     if binary:
-        lines += ["", "Thresholds and 95% Wilson intervals of the pooled recall at each false-positive budget:", ""]
         lines += [
-            "| model | budget | threshold | recall | 95% interval | false positives |",
-            "| --- | ---: | ---: | ---: | :--- | ---: |",
+            "",
+            "Thresholds (flag at a log-odds of spam of at least it; the spam probability beside it) and 95% Wilson "
+            "intervals of the pooled recall at each false-positive budget:",
+            "",
+        ]
+        lines += [
+            "| model | budget | threshold: log-odds | probability | recall | 95% interval | false positives |",
+            "| --- | ---: | ---: | ---: | ---: | :--- | ---: |",
         ]
         for name, m in summary["models"].items():
             for b in budgets:
                 at = m["pooled"]["at_fpr"][b]
-                threshold = "none" if at["threshold"] is None else f"{at['threshold']:.6g}"
+                threshold = "none | none" if at["threshold"] is None else threshold_cells(at["threshold"])
                 low, high = at["recall_95ci"]
                 lines.append(
                     f"| {MODEL_NAMES.get(name, name)} | {float(b):.1%} | {threshold} | {at['recall']:.2%} | {low:.2%} to {high:.2%} | {at['false_positives']} |"
