@@ -121,6 +121,9 @@ def test_pooled_figures_equal_those_recomputed_from_oof_csv(cv_run, small_file):
         )
     assert len(summary["worst_errors"]) <= 20
     assert (cv_dir / "cv.md").read_text().startswith(f"3-fold cross-validation over {small_file[1]} distinct messages")
+    tfidf_seconds = summary["baseline_fold_seconds"]["tfidf"]
+    assert len(tfidf_seconds) == 3 and all(s > 0 for s in tfidf_seconds)
+    assert "Time per fold of TF-IDF char_wb 2-5 + LR (fitting and scoring): " in (cv_dir / "cv.md").read_text()
 
 
 def test_a_killed_run_resumes_at_the_first_unfinished_fold(cv_run, capsys):

@@ -150,17 +150,22 @@ def remove_weights(model_dir: Path) -> None:
         path.unlink()
 
 
-def baseline_probabilities(splits, seed: int, embeddings: dict | None) -> dict[str, np.ndarray]:
-    """The baselines fitted on the fold's training split, scored on its test split."""
+def baseline_probabilities(splits, seed: int, embeddings: dict | None) -> tuple[dict[str, np.ndarray], dict]:
+    """The baselines fitted on the fold's training split, scored on its test split, and the seconds each took
+    (the sentence baseline's embeddings are computed once for all folds, so only its probe is timed here)."""
     train_texts, train_labels = list(splits["train"]["text"]), np.asarray(splits["train"]["label"])
     test_texts = list(splits["test"]["text"])
+    started = time.perf_counter()
     tfidf = tfidf_classifier(seed).fit(train_texts, train_labels)
     result = {"tfidf": tfidf.predict_proba(test_texts)}
+    seconds = {"tfidf": round(time.perf_counter() - started, 2)}
     if embeddings is not None:
+        started = time.perf_counter()
         probe = LogisticRegression(C=10.0, class_weight="balanced", max_iter=5000, random_state=seed)
         probe.fit(np.stack([embeddings[t] for t in train_texts]), train_labels)
         result["minilm"] = probe.predict_proba(np.stack([embeddings[t] for t in test_texts]))
-    return result
+        seconds["minilm"] = round(time.perf_counter() - started, 2)
+    return result, seconds
 
 
 def settings_of(argv: list[str], folds: int, data_digest: str) -> dict:
@@ -224,7 +229,8 @@ def cross_validate(argv: list[str], n_folds: int = 5, baselines: bool = True, ke
         )
         scored = {"model": fold.pop("probabilities")}
         if baselines:
-            scored.update(baseline_probabilities(splits, seed, embeddings))
+            probabilities, fold["baseline_seconds"] = baseline_probabilities(splits, seed, embeddings)
+            scored.update(probabilities)
         fold["probabilities"] = {name: p.tolist() for name, p in scored.items()}
         write_atomically(json.dumps(fold).encode() + b"\n", path)
         results.append(fold)

@@ -47,6 +47,10 @@ def summarize(results: list[dict], folds: Folds, binary: bool, seconds: float) -
     names = list(results[0]["probabilities"])
     summary = {"folds": len(results), "messages": len(folds.texts), "wall_seconds_this_call": round(seconds, 1)}
     summary["fold_seconds"] = [r["seconds"] for r in results]
+    if all("baseline_seconds" in r for r in results):  # folds run before baselines were timed have none
+        summary["baseline_fold_seconds"] = {
+            name: [r["baseline_seconds"][name] for r in results] for name in results[0]["baseline_seconds"]
+        }
     summary["fold_train_runtime"] = [r["train_runtime"] for r in results]
     summary["models"] = {}
     for name in names:
@@ -165,6 +169,12 @@ def markdown_summary(summary: dict, binary: bool, full: bool = False) -> str:
         "",
         f"Time per fold (training and scoring the fine-tuned model): {', '.join(f'{s:.0f} s' for s in seconds)} (mean {np.mean(seconds):.0f} s).",
     ]
+    for name, times in summary.get("baseline_fold_seconds", {}).items():
+        lines.append(
+            f"Time per fold of {MODEL_NAMES.get(name, name)} (fitting and scoring): "
+            f"{', '.join(f'{s:.1f} s' for s in times)} (mean {np.mean(times):.1f} s)"
+            + (", its embeddings computed once for all folds." if name == "minilm" else ".")
+        )
     if full:
         lines += detail_tables(summary, binary, budgets)
     return "\n".join(lines)
