@@ -82,6 +82,29 @@ def test_opset_23_runs_attention_and_gelu_as_one_op_each_and_opset_18_as_primiti
         assert int8.shape == reference.shape and np.isfinite(int8).all()
 
 
+@pytest.mark.parametrize("family", ["gpt2", "gemma3_text"])
+def test_int8_keeps_the_mlp_output_projections_in_float32_and_quantizes_the_rest(family, tokenizer, tmp_path, request):
+    import onnx
+
+    from hf_spam.deploy.export import mlp_output_projections, quantize_int8
+
+    torch.manual_seed(0)
+    if family == "gpt2":
+        model = request.getfixturevalue("tiny_model").eval()
+    else:
+        model = AutoModelForSequenceClassification.from_config(tiny_config(family, tokenizer)).eval()
+    export_graph(model, tokenizer, tmp_path / "model.onnx")
+    kept = mlp_output_projections(tmp_path / "model.onnx", model.config)
+    assert len(kept) == model.config.num_hidden_layers  # one down projection a block, nothing else
+    quantize_int8(tmp_path / "model.onnx", tmp_path / "int8.onnx", kept)
+    nodes = onnx.load(str(tmp_path / "int8.onnx")).graph.node
+    float_matmuls = {node.name for node in nodes if node.op_type in ("MatMul", "Gemm")}
+    assert all({name, f"{name}_MatMul"} & float_matmuls for name in kept)  # a Gemm is quantized as a MatMul
+    assert sum(node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for node in nodes) > len(kept)
+    int8 = onnx_probabilities(tmp_path / "int8.onnx", tokenizer, model.config, 3)(MESSAGES)
+    assert int8.shape == (len(MESSAGES), 2) and np.isfinite(int8).all()
+
+
 def test_gpt2_export_writes_the_transformers_js_layout_and_predict_runs_it(saved, test_csv, capsys):
     # A random 3-block model scores near 0.5, where int8's rounding can flip one label of 60 (1.67 points):
     # the accuracy budget has its own test below, so this one allows any drop.
@@ -125,7 +148,7 @@ def test_int8_that_costs_accuracy_fails_and_leaves_nothing(saved, test_csv, toke
         flipped.score.weight.neg_()  # every label the other way round: accuracy 1 - float32's
 
     monkeypatch.setattr(
-        export_module, "quantize_int8", lambda source, target: export_graph(flipped, tokenizer, target)
+        export_module, "quantize_int8", lambda source, target, keep=(): export_graph(flipped, tokenizer, target)
     )
     float_accuracy = np.mean(
         [

@@ -146,7 +146,8 @@ def export(
 def verify_int8(work: Path, tokenizer, config, texts, labels, exported, max_accuracy_drop: float) -> dict:
     """Quantize the float32 graph in `work` to int8 and compare it with float32 on the verification texts."""
     float_path, int8_path = work / ONNX_FILES["float32"], work / ONNX_FILES["int8"]
-    quantize_int8(float_path, int8_path)
+    keep_float32 = mlp_output_projections(float_path, config)
+    quantize_int8(float_path, int8_path, keep_float32)
     quantized = onnx_probabilities(int8_path, tokenizer, config)(texts)
     drop = 100 * (_accuracy(exported, labels) - _accuracy(quantized, labels))
     return {
@@ -156,6 +157,7 @@ def verify_int8(work: Path, tokenizer, config, texts, labels, exported, max_accu
         "label_agreement_with_float32": float((quantized.argmax(-1) == exported.argmax(-1)).mean()),
         "accuracy": _accuracy(quantized, labels),
         "accuracy_drop_points": round(drop, 4),
+        "float32_nodes": len(keep_float32),
         "max_accuracy_drop": max_accuracy_drop,
     }
 
@@ -197,10 +199,11 @@ def export_graph(model, tokenizer, path: Path, opset: int = DEFAULT_OPSET) -> No
         program.save(str(path), external_data=not inline)
 
 
-def quantize_int8(source: Path, target: Path) -> None:
+def quantize_int8(source: Path, target: Path, keep_float32: list[str] | tuple[str, ...] = ()) -> None:
     """Dynamic quantization: int8 weights for MatMul/Gemm (and the embeddings' Gather), activations quantized
-    per batch at run time. Attention stays float32: left to its defaults, ONNX Runtime's quantizer takes
-    ONNX's own `Attention` (opset 23) for its `com.microsoft` one and writes a `QAttention` that cannot load."""
+    per batch at run time, except the nodes named in `keep_float32`. Attention stays float32: left to its
+    defaults, ONNX Runtime's quantizer takes ONNX's own `Attention` (opset 23) for its `com.microsoft` one and
+    writes a `QAttention` that cannot load."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _quiet("onnxruntime", "root"):
@@ -209,8 +212,34 @@ def quantize_int8(source: Path, target: Path) -> None:
             str(target),
             op_types_to_quantize=["MatMul", "Gemm", "Gather"],
             weight_type=QuantType.QInt8,
+            # dynamic quantization first rewrites each Gemm as MatMul (+ Add) named after it
+            nodes_to_exclude=[*keep_float32, *(f"{name}_MatMul" for name in keep_float32)],
             use_external_data_format=(source.parent / f"{source.name}.data").exists(),
         )
+
+
+def mlp_output_projections(path: Path, config) -> list[str]:
+    """The MatMul/Gemm nodes of `path` whose weight takes the MLP's inner width back to the hidden width
+    (`down_proj`, GPT-2's `mlp.c_proj`), found from the weights' shapes. Their input is the MLP's activation,
+    whose few very large values leave the rest of a per-tensor uint8 quantization only a handful of levels:
+    int8 there costs decoders most of the accuracy they lose (README, "Deploy: ONNX and int8")."""
+    import onnx
+
+    hidden = config.hidden_size
+    inner = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden
+    graph = onnx.load(str(path), load_external_data=False).graph
+    shapes = {tensor.name: list(tensor.dims) for tensor in graph.initializer}
+
+    def weight_shape(node) -> list[int] | None:
+        shape = shapes.get(node.input[1]) if len(node.input) > 1 else None
+        transposed = any(a.name == "transB" and a.i == 1 for a in node.attribute)
+        return shape[::-1] if shape and transposed else shape
+
+    return [
+        node.name
+        for node in graph.node
+        if node.op_type in ("MatMul", "Gemm") and weight_shape(node) == [inner, hidden]
+    ]
 
 
 def verification_split(model_dir: str, config, test_file: str | None) -> tuple[list[str], np.ndarray, str]:
