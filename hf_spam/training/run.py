@@ -113,12 +113,7 @@ def train(model_args, data_args, training_args, data: tuple | None = None) -> di
     set_seed(training_args.seed)
 
     # ---- data ----
-    tokenizer = load_tokenizer(
-        model_args.tokenizer_name_or_path or model_path,
-        use_bundled=model_args.init == "random" and model_path in SHAPES and model_args.tokenizer_name_or_path is None,
-        append_eos=model_args.append_eos,
-        message_template=model_args.message_template,
-    )
+    tokenizer = tokenizer_stage(model_args, model_path)
     splits, held_out, report = data_stage(data_args, training_args, data)
 
     # ---- model ----
@@ -126,16 +121,13 @@ def train(model_args, data_args, training_args, data: tuple | None = None) -> di
         model_args, data_args, training_args, model_path, tokenizer, splits, report
     )
     features, train_model, collator, n_frozen = trunk_stage(model, tokenizer, tokenized, data_args, training_args)
-    # Padded evaluation batches are formed in length order: less padding, the same metrics. (Packed trunk
-    # states have no padding to save.) `orders` maps the predictions back to the splits' own order.
-    orders = {split: length_order(features[split]) if not n_frozen else None for split in features}
-    eval_features = {split: features[split].select(orders[split]) if orders[split] else features[split] for split in features}  # fmt: skip
+    eval_features, orders = in_length_order(features, n_frozen)
     card = SpamModelCardData.from_run(
         model_args, data_args, training_args, report, model, max_length=max_length, trunk_cache=n_frozen > 0,
         tokenizer=tokenizer, weights_source=weights_source, base_layers=depth_probe["base_layers"],
         depth_probe=depth_probe["figures"],
     )  # fmt: skip
-    if push_to_hub:
+    if push_to_hub:  # the card names the repository it is pushed to
         card.model_id = training_args.hub_model_id or Path(training_args.output_dir).name
 
     # ---- trainer ----
@@ -150,10 +142,9 @@ def train(model_args, data_args, training_args, data: tuple | None = None) -> di
     train_result = trainer.train(resume_from_checkpoint=resume)
     if sigterm.stopped_at is not None:
         logger.warning(
-            "Stopped by SIGTERM at step %d with a checkpoint saved in %s; continue with --resume_from_checkpoint auto",
-            sigterm.stopped_at,
-            training_args.output_dir,
-        )
+            "Stopped by SIGTERM at step %d with a checkpoint saved in %s; continue with --resume_from_checkpoint "
+            "auto", sigterm.stopped_at, training_args.output_dir,
+        )  # fmt: skip
         return {"interrupted_at_step": sigterm.stopped_at}
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
@@ -162,8 +153,44 @@ def train(model_args, data_args, training_args, data: tuple | None = None) -> di
 
     # ---- evaluate ----
     results, probabilities = evaluate_run(trainer, model, tokenizer, eval_features, orders, splits, held_out, report)
-    summary = {
-        "base_model": {"name": model_args.model_name_or_path, "loaded_from": model_path, "source": weights_source},
+    base_model = {"name": model_args.model_name_or_path, "loaded_from": model_path, "source": weights_source}
+    summary = run_summary(base_model, data_args, training_args, report, results, train_result, model, depth_probe)
+
+    # ---- save / push ----
+    save_run(trainer, model, tokenizer, card, summary, probabilities["test"], splits["test"], report)
+    if push_to_hub and trainer.is_world_process_zero():
+        url = push_output_dir(
+            training_args.output_dir, card.model_id, private=training_args.hub_private_repo, token=hub_token
+        )
+        logger.info("Pushed %s to %s", training_args.output_dir, url)
+    return summary
+
+
+def tokenizer_stage(model_args, model_path: str):
+    """The base model's tokenizer (GPT-2's bundled one for a random GPT-2 shape), with the configured
+    end-of-message token or message template in its post-processor."""
+    return load_tokenizer(
+        model_args.tokenizer_name_or_path or model_path,
+        use_bundled=model_args.init == "random" and model_path in SHAPES and model_args.tokenizer_name_or_path is None,
+        append_eos=model_args.append_eos,
+        message_template=model_args.message_template,
+    )
+
+
+def in_length_order(features: dict, n_frozen: int) -> tuple[dict, dict]:
+    """Each split in token-length order, for evaluation: padded batches are then formed of similar lengths, with
+    less padding and the same metrics (packed trunk states have no padding to save). The orders map the
+    predictions back to the splits' own order; None where a split keeps its order."""
+    orders = {split: length_order(features[split]) if not n_frozen else None for split in features}
+    return {
+        split: features[split].select(orders[split]) if orders[split] else features[split] for split in features
+    }, orders
+
+
+def run_summary(base_model, data_args, training_args, report, results, train_result, model, depth_probe) -> dict:
+    """What `metrics.json` records of the run."""
+    return {
+        "base_model": base_model,
         "data": report.to_dict(),
         # With the seed, what rebuilds these exact splits (`hf-spam export` verifies on the test split).
         "data_arguments": dataclasses.asdict(data_args),
@@ -174,15 +201,6 @@ def train(model_args, data_args, training_args, data: tuple | None = None) -> di
         "weights_sha256": weights_fingerprint(model),
         **({"keep_layers_auto": depth_probe["figures"]} if depth_probe["figures"] is not None else {}),
     }
-
-    # ---- save / push ----
-    save_run(trainer, model, tokenizer, card, summary, probabilities["test"], splits["test"], report)
-    if push_to_hub and trainer.is_world_process_zero():
-        url = push_output_dir(
-            training_args.output_dir, card.model_id, private=training_args.hub_private_repo, token=hub_token
-        )
-        logger.info("Pushed %s to %s", training_args.output_dir, url)
-    return summary
 
 
 def set_up(model_args, data_args, training_args) -> tuple[bool, str | None]:
