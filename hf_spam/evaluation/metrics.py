@@ -104,7 +104,8 @@ LOG_ODDS_LIMIT = 1000.0
 
 
 def spam_score_metrics(labels, scores, threshold: float = 0.5) -> dict:
-    """Everything a spam probability per message says against the truth (1 = spam): accuracy, precision, recall
+    """Everything a spam score per message says against the truth (1 = spam): a probability, or any score that
+    ranks as it does (`spam_log_odds`, with `threshold` 0 for the probability 0.5). Accuracy, precision, recall
     and F1 when flagging at `threshold`, with Wilson 95% intervals; average precision (PR AUC) and ROC AUC; and,
     for each budget of `FPR_BUDGETS`, the recall at the lowest threshold that flags at most that share of ham."""
     from sklearn.metrics import average_precision_score, roc_auc_score
