@@ -17,7 +17,7 @@ import signal
 
 import pytest
 
-from hf_spam.training.checkpoints import CheckpointError, check_checkpoint, resolve_resume
+from hf_spam.training.checkpoints import RUN_RECORD, CheckpointError, check_checkpoint, resolve_resume
 
 from .conftest import EVERY_STEP, bit_identical, error_lines, run_train, weights
 
@@ -47,8 +47,10 @@ def test_a_full_disk_while_saving_fails_clearly_and_keeps_the_previous_checkpoin
     # As if killed right after checkpoint-2. (A resume must keep every setting, max_steps included, so the
     # run to resume is this 4-step one, not a 2-step one.)
     for path in out.iterdir():
-        if path.name not in ("checkpoint-1", "checkpoint-2", "hf_spam_run.json"):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if path.is_dir() and path.name not in ("checkpoint-1", "checkpoint-2"):
+            shutil.rmtree(path)
+        elif path.is_file() and path.name != RUN_RECORD:
+            path.unlink()
     sizes = {name: (out / "checkpoint-2" / name).stat().st_size for name in ("model.safetensors", "optimizer.pt")}
     assert sizes["model.safetensors"] > LIMITS["model.safetensors"]
     assert sizes["model.safetensors"] < LIMITS["optimizer.pt"] < sizes["optimizer.pt"]
