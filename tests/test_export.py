@@ -83,10 +83,12 @@ def test_opset_23_runs_attention_and_gelu_as_one_op_each_and_opset_18_as_primiti
 
 
 @pytest.mark.parametrize("family", ["gpt2", "gemma3_text"])
-def test_int8_keeps_the_mlp_output_projections_in_float32_and_quantizes_the_rest(family, tokenizer, tmp_path, request):
+def test_int8_quantizes_the_mlp_output_projections_in_blocks_and_the_rest_per_tensor(
+    family, tokenizer, tmp_path, request
+):
     import onnx
 
-    from hf_spam.deploy.export import mlp_output_projections, quantize_int8
+    from hf_spam.deploy.export import BLOCKWISE_INT8, mlp_output_projections, quantize_int8
 
     torch.manual_seed(0)
     if family == "gpt2":
@@ -94,15 +96,25 @@ def test_int8_keeps_the_mlp_output_projections_in_float32_and_quantizes_the_rest
     else:
         model = AutoModelForSequenceClassification.from_config(tiny_config(family, tokenizer)).eval()
     export_graph(model, tokenizer, tmp_path / "model.onnx")
-    kept = mlp_output_projections(tmp_path / "model.onnx", model.config)
-    assert len(kept) == model.config.num_hidden_layers  # one down projection a block, nothing else
-    quantize_int8(tmp_path / "model.onnx", tmp_path / "int8.onnx", kept)
+    blockwise = mlp_output_projections(tmp_path / "model.onnx", model.config)
+    assert len(blockwise) == model.config.num_hidden_layers  # one down projection a block, nothing else
+    quantize_int8(tmp_path / "model.onnx", tmp_path / "int8.onnx", blockwise)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["int8.onnx", "model.onnx"]  # no step's file left
     nodes = onnx.load(str(tmp_path / "int8.onnx")).graph.node
-    float_matmuls = {node.name for node in nodes if node.op_type in ("MatMul", "Gemm")}
-    assert all({name, f"{name}_MatMul"} & float_matmuls for name in kept)  # a Gemm is quantized as a MatMul
-    assert sum(node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for node in nodes) > len(kept)
+    assert not [node.name for node in nodes if node.op_type in ("MatMul", "Gemm")]  # no float32 product left
+    nbits = [node for node in nodes if node.op_type == "MatMulNBits"]
+    assert len(nbits) == len(blockwise)
+    config = model.config
+    inner = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * config.hidden_size
+    for node in nbits:
+        attributes = {a.name: a.i for a in node.attribute}
+        assert (attributes["bits"], attributes["block_size"], attributes["accuracy_level"]) == (8, BLOCKWISE_INT8, 4)
+        assert (attributes["K"], attributes["N"]) == (inner, config.hidden_size)  # the MLP's inner width, back
+    assert sum(node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for node in nodes) > len(blockwise)
+    exported = onnx_probabilities(tmp_path / "model.onnx", tokenizer, model.config, 3)(MESSAGES)
     int8 = onnx_probabilities(tmp_path / "int8.onnx", tokenizer, model.config, 3)(MESSAGES)
     assert int8.shape == (len(MESSAGES), 2) and np.isfinite(int8).all()
+    np.testing.assert_allclose(int8, exported, atol=0.05)  # int8's rounding, not another model
 
 
 def test_gpt2_export_writes_the_transformers_js_layout_and_predict_runs_it(saved, test_csv, capsys):
