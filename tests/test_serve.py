@@ -2,6 +2,7 @@
 answers as predict does, every bad request a 4xx naming the field, a failing model a 500 that the server
 survives, SIGTERM finishing what is in flight, and the page driven in a real headless Chromium."""
 
+import asyncio
 import json
 import shutil
 import signal
@@ -14,6 +15,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
@@ -22,7 +24,7 @@ uvicorn = pytest.importorskip("uvicorn")
 from hf_spam.deploy.classifier import load_classifier  # noqa: E402
 from hf_spam.deploy.loadtest import free_port  # noqa: E402
 from hf_spam.deploy.requests import Limits, RequestError, parse_request  # noqa: E402
-from hf_spam.deploy.serve import create_app  # noqa: E402
+from hf_spam.deploy.serve import MicroBatcher, create_app  # noqa: E402
 
 from .conftest import ROOT  # noqa: E402
 
@@ -117,6 +119,68 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answers(server, s
         assert [b[0]["label"] for b in body] == [expected[i % 4]["label"], expected[(i + 1) % 4]["label"]]
         assert body[0][0]["score"] == pytest.approx(expected[i % 4]["score"], abs=1e-6)
     assert batcher.batches - before < 48  # requests were gathered: fewer model calls than requests
+
+
+class RecordingModel:
+    """A model that answers [1 - i/10, i/10] for text "i" and records the texts of each call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def predict_proba(self, texts):
+        self.calls.append(list(texts))
+        return np.array([[1 - int(t) / 10, int(t) / 10] for t in texts])
+
+
+def test_a_lone_request_does_not_wait_for_company():
+    async def scenario():
+        model = RecordingModel()
+        batcher = MicroBatcher(model, batch_wait_ms=60_000)  # a wait no test run could sit out
+        batcher.start()
+        try:
+            got = await asyncio.wait_for(batcher.classify(["3"]), timeout=30)
+        finally:
+            await batcher.stop()
+        return model.calls, got
+
+    calls, got = asyncio.run(scenario())
+    assert calls == [["3"]] and got.tolist() == [[0.7, 0.3]]
+
+
+def test_a_batch_waits_for_a_request_still_being_read_and_both_get_their_own_answers():
+    async def scenario():
+        model = RecordingModel()
+        batcher = MicroBatcher(model, batch_wait_ms=60_000)
+        batcher.start()
+        try:
+            with batcher.arrival():  # a second request whose body is still coming
+                first = asyncio.ensure_future(batcher.classify(["1"]))
+                await asyncio.sleep(0.2)
+                assert not first.done() and model.calls == []  # the first waits for it
+            second = await asyncio.wait_for(batcher.classify(["2", "1"]), timeout=30)
+            return model.calls, (await asyncio.wait_for(first, timeout=30)), second
+        finally:
+            await batcher.stop()
+
+    calls, first, second = asyncio.run(scenario())
+    assert calls == [["1", "2", "1"]]  # one model call for both
+    assert first.tolist() == [[0.9, 0.1]] and second.tolist() == [[0.8, 0.2], [0.9, 0.1]]
+
+
+def test_a_request_that_fails_while_being_read_is_not_waited_for():
+    async def scenario():
+        model = RecordingModel()
+        batcher = MicroBatcher(model, batch_wait_ms=60_000)
+        batcher.start()
+        try:
+            with pytest.raises(RuntimeError), batcher.arrival():
+                raise RuntimeError("a bad body")
+            return await asyncio.wait_for(batcher.classify(["4"]), timeout=30), batcher.arriving
+        finally:
+            await batcher.stop()
+
+    got, arriving = asyncio.run(scenario())
+    assert got.tolist() == [[0.6, 0.4]] and arriving == 0
 
 
 @pytest.mark.parametrize(

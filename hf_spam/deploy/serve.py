@@ -9,9 +9,10 @@
 `POST /` and `POST /predict` take `{"inputs": "text" | ["text", ...], "parameters": {"top_k": k}}` and answer
 one list per input of `{"label", "score"}`, the decided label first (the argmax, or the model's saved
 `spam_threshold`, as `hf-spam predict`), then the others by score. `GET /health`, `GET /info`, and `GET /` a
-page to try it. Requests that arrive together (within `batch_wait_ms`, up to `max_batch_texts` texts) are
-classified in one call of the same function `hf-spam predict` uses: each distinct text once, in batches of
-similar length, so every answer equals predict's.
+page to try it. Requests that arrive together (up to `max_batch_texts` texts) are classified in one call of
+the same function `hf-spam predict` uses: each distinct text once, in batches of similar length, so every
+answer equals predict's. A batch waits (at most `batch_wait_ms`) only for requests that are already being
+read; a lone request goes to the model at once.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the `Request` annotation of handlers made inside
@@ -20,6 +21,7 @@ import asyncio
 import hmac
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from importlib import resources
 
 import numpy as np
@@ -35,8 +37,10 @@ PAGE = resources.files("hf_spam") / "templates" / "serve.html"
 class MicroBatcher:
     """Gathers the texts of concurrent requests and classifies them in one call, on one worker thread.
 
-    `batch_wait_ms=0` with `max_batch_texts=0` turns gathering off: one call per request, the baseline the load
-    test compares with.
+    A batch takes what is queued, then waits up to `batch_wait_ms` for the requests still being read and
+    checked (`arriving`), never for requests that may or may not come: a lone request pays no wait, and under
+    load the requests that arrive while the model runs make the next batch. `batch_wait_ms=0` with
+    `max_batch_texts=0` turns gathering off: one call per request, the baseline the load test compares with.
     """
 
     def __init__(self, predict, batch_wait_ms: float = 5.0, max_batch_texts: int = 256):
@@ -47,6 +51,16 @@ class MicroBatcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-spam-model")
         self.task: asyncio.Task | None = None
         self.batches = 0
+        self.arriving = 0
+
+    @contextmanager
+    def arrival(self):
+        """Around a request's reading and checking: while it lasts, a batch being gathered may wait for it."""
+        self.arriving += 1
+        try:
+            yield
+        finally:
+            self.arriving -= 1
 
     def start(self) -> None:
         self.queue = asyncio.Queue()
@@ -68,7 +82,7 @@ class MicroBatcher:
             batch = [await self.queue.get()]
             size = len(batch[0][0])
             deadline = loop.time() + self.wait
-            while size < self.max_texts:
+            while size < self.max_texts and (self.arriving or not self.queue.empty()):
                 timeout = deadline - loop.time()
                 try:
                     item = (
@@ -206,9 +220,10 @@ async def answer(request, predict, batcher: MicroBatcher, limits: Limits):
     from fastapi.responses import JSONResponse
 
     try:
-        body = await read_body(request, limits)
-        texts, single, top_k = parse_request(body, limits)
-        await check_tokens(predict, texts, single, limits.max_input_tokens)
+        with batcher.arrival():
+            body = await read_body(request, limits)
+            texts, single, top_k = parse_request(body, limits)
+            await check_tokens(predict, texts, single, limits.max_input_tokens)
     except RequestError as err:
         headers = {"Connection": "close"} if err.status == 408 else None
         return JSONResponse({"error": str(err), "field": err.field}, status_code=err.status, headers=headers)
