@@ -237,8 +237,9 @@ LATENCY_BACKENDS = ("torch_float32", "onnxruntime_float32", "onnxruntime_int8")
 def latency(model_dir: str, requests: int = 200, backends: tuple[str, ...] = LATENCY_BACKENDS, seed: int = 0) -> dict:
     """The time to classify one message, one request after another (nothing else in flight): p50/p99 over
     `requests` messages of the collection, through the Python API (`load_classifier(...)([text])`) and through
-    `hf-spam serve` on loopback (one kept-alive connection), with its default 5 ms gathering wait and without
-    it (`--batch_wait_ms 0 --max_batch_texts 0`). ONNX rows need `hf-spam export --quantize int8` first."""
+    `hf-spam serve` on loopback (one kept-alive connection), with its default gathering (a lone request does not
+    wait) and without any (`--batch_wait_ms 0 --max_batch_texts 0`). ONNX rows need `hf-spam export --quantize
+    int8` first."""
     import http.client
     import random
     import signal
@@ -298,7 +299,7 @@ def latency_table(report: dict) -> str:
     """The latency rows as a markdown table (milliseconds)."""
     lines = [
         f"{report['model_dir']}: one message at a time, {report['requests']} requests, p50 / p99 ms:",
-        "| backend | Python API | `hf-spam serve` (5 ms gathering) | `hf-spam serve --batch_wait_ms 0` |",
+        "| backend | Python API | `hf-spam serve` | `hf-spam serve --batch_wait_ms 0 --max_batch_texts 0` |",
         "| --- | ---: | ---: | ---: |",
     ]
     for way, row in report["rows"].items():
