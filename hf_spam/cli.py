@@ -279,8 +279,8 @@ def add_serve_parser(sub) -> None:
         "--batch_wait_ms",
         type=non_negative_float,
         default=5.0,
-        help="How long a batch waits at most for requests that are already being read; a lone request never waits "
-        "(0 with --max_batch_texts 0: no gathering, one model call per request).",
+        help="How long a batch waits for more requests while the server is busy; a request that finds the model "
+        "idle waits only for those already being read (0 with --max_batch_texts 0: one model call per request).",
     )
     serve.add_argument("--max_batch_texts", type=int, default=256, help="Texts gathered into one call at most.")
     serve.add_argument("--max_body_bytes", type=positive_int, default=1_000_000)

@@ -167,6 +167,41 @@ def test_a_batch_waits_for_a_request_still_being_read_and_both_get_their_own_ans
     assert first.tolist() == [[0.9, 0.1]] and second.tolist() == [[0.8, 0.2], [0.9, 0.1]]
 
 
+def test_under_load_a_batch_waits_for_more_requests():
+    """A request that queued up while the model ran is answered with the ones that come within the wait."""
+    import threading
+
+    async def scenario():
+        model, running, release = RecordingModel(), threading.Event(), threading.Event()
+        answer = model.predict_proba
+
+        def busy(texts):
+            running.set()
+            release.wait(30)
+            return answer(texts)
+
+        model.predict_proba = busy
+        batcher = MicroBatcher(model, batch_wait_ms=60_000, max_batch_texts=2)
+        batcher.start()
+        try:
+            first = asyncio.ensure_future(batcher.classify(["1"]))  # alone: straight to the model
+            await asyncio.to_thread(running.wait, 30)
+            second = asyncio.ensure_future(batcher.classify(["2"]))  # queued while the model is busy
+            await asyncio.sleep(0.05)
+            release.set()
+            await asyncio.sleep(0.2)
+            assert not second.done()  # waiting for company, not sent alone
+            third = await asyncio.wait_for(batcher.classify(["3"]), timeout=30)
+            return model.calls, (await first).tolist(), (await second).tolist(), third.tolist()
+        finally:
+            release.set()
+            await batcher.stop()
+
+    calls, first, second, third = asyncio.run(scenario())
+    assert calls == [["1"], ["2", "3"]]
+    assert (first, second, third) == ([[0.9, 0.1]], [[0.8, 0.2]], [[0.7, 0.3]])
+
+
 def test_a_request_that_fails_while_being_read_is_not_waited_for():
     async def scenario():
         model = RecordingModel()

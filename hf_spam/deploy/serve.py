@@ -11,8 +11,8 @@ one list per input of `{"label", "score"}`, the decided label first (the argmax,
 `spam_threshold`, as `hf-spam predict`), then the others by score. `GET /health`, `GET /info`, and `GET /` a
 page to try it. Requests that arrive together (up to `max_batch_texts` texts) are classified in one call of
 the same function `hf-spam predict` uses: each distinct text once, in batches of similar length, so every
-answer equals predict's. A batch waits (at most `batch_wait_ms`) only for requests that are already being
-read; a lone request goes to the model at once.
+answer equals predict's. While the server is busy a batch waits up to `batch_wait_ms` for more requests; a
+request that finds the model idle waits only for those already being read, so a lone one goes at once.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the `Request` annotation of handlers made inside
@@ -37,10 +37,11 @@ PAGE = resources.files("hf_spam") / "templates" / "serve.html"
 class MicroBatcher:
     """Gathers the texts of concurrent requests and classifies them in one call, on one worker thread.
 
-    A batch takes what is queued, then waits up to `batch_wait_ms` for the requests still being read and
-    checked (`arriving`), never for requests that may or may not come: a lone request pays no wait, and under
-    load the requests that arrive while the model runs make the next batch. `batch_wait_ms=0` with
-    `max_batch_texts=0` turns gathering off: one call per request, the baseline the load test compares with.
+    Under load (requests queued up while the model ran) a batch waits up to `batch_wait_ms` for more, as on
+    2 cores the model's threads leave the event loop little time to read them while it runs. When the model
+    was idle, a batch waits only for requests already being read and checked (`arriving`): a lone request
+    pays no wait. `batch_wait_ms=0` with `max_batch_texts=0` turns gathering off: one call per request, the
+    baseline the load test compares with.
     """
 
     def __init__(self, predict, batch_wait_ms: float = 5.0, max_batch_texts: int = 256):
@@ -79,10 +80,11 @@ class MicroBatcher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            under_load = not self.queue.empty()  # requests came in while the last batch ran
             batch = [await self.queue.get()]
             size = len(batch[0][0])
             deadline = loop.time() + self.wait
-            while size < self.max_texts and (self.arriving or not self.queue.empty()):
+            while size < self.max_texts and (under_load or self.arriving or not self.queue.empty()):
                 timeout = deadline - loop.time()
                 try:
                     item = (
