@@ -230,8 +230,8 @@ def quantize_int8(source: Path, target: Path, blockwise: list[str] | tuple[str, 
 
 
 # Inner values a block of `MatMulNBits` shares one scale over. On the 8-layer SmolLM2 (1,035 test messages,
-# AMD Zen 4): blocks of 32, 64 and 128 all kept float32's accuracy; 128 was the fastest, 1.24x the float32
-# projections' throughput over 1,000 messages (README, "Deploy: ONNX and int8").
+# AMD Zen 4, two passes): blocks of 32, 64 and 128 all kept float32's accuracy; 128 was the fastest, 1.23x and
+# 1.13x the messages/s of the graph with these projections in float32 (README, "Deploy: ONNX and int8").
 BLOCKWISE_INT8 = 128
 
 
