@@ -117,6 +117,29 @@ def test_int8_quantizes_the_mlp_output_projections_in_blocks_and_the_rest_per_te
     np.testing.assert_allclose(int8, exported, atol=0.05)  # int8's rounding, not another model
 
 
+def test_int8_of_a_graph_with_external_weights_writes_its_own_pair_and_nothing_else(tokenizer, tmp_path, monkeypatch):
+    """Models over 1.8 GB keep their weights beside the graph (`model.onnx.data`); int8 in two steps must read
+    them, write `int8.onnx` with its own data file, and leave no intermediate file behind."""
+    from hf_spam.deploy.export import mlp_output_projections, quantize_int8
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(tiny_config("llama", tokenizer)).eval()
+    monkeypatch.setattr(export_module, "INLINE_LIMIT", 0)  # as if the model were too large to inline
+    export_graph(model, tokenizer, tmp_path / "model.onnx")
+    quantize_int8(
+        tmp_path / "model.onnx", tmp_path / "int8.onnx", mlp_output_projections(tmp_path / "model.onnx", model.config)
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "int8.onnx",
+        "int8.onnx.data",
+        "model.onnx",
+        "model.onnx.data",
+    ]
+    exported = onnx_probabilities(tmp_path / "model.onnx", tokenizer, model.config)(MESSAGES)
+    int8 = onnx_probabilities(tmp_path / "int8.onnx", tokenizer, model.config)(MESSAGES)
+    np.testing.assert_allclose(int8, exported, atol=0.05)
+
+
 def test_gpt2_export_writes_the_transformers_js_layout_and_predict_runs_it(saved, test_csv, capsys):
     # A random 3-block model scores near 0.5, where int8's rounding can flip one label of 60 (1.67 points):
     # the accuracy budget has its own test below, so this one allows any drop.
