@@ -138,9 +138,11 @@ def test_modules_and_functions_stay_readable():
 def test_the_training_recipe_reads_on_one_screen():
     """`hf_spam/train.py` runs `training.run.train`: parse -> data -> model -> trainer -> evaluate -> save/push,
     each stage a named function, the whole on one screen."""
-    tree = ast.parse((PACKAGE / "training" / "run.py").read_text())
-    recipe = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "train")
+    source = (PACKAGE / "training" / "run.py").read_text()
+    recipe = next(
+        node for node in ast.parse(source).body if isinstance(node, ast.FunctionDef) and node.name == "train"
+    )
     assert recipe.end_lineno - recipe.lineno + 1 <= 60
-    body = ast.get_source_segment((PACKAGE / "training" / "run.py").read_text(), recipe)
+    body = ast.get_source_segment(source, recipe)
     stages = ["data_stage(", "model_stage(", "trunk_stage(", "SpamTrainer(", "evaluate_run(", "save_run("]
     assert [body.index(stage) for stage in stages] == sorted(body.index(stage) for stage in stages)

@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
@@ -132,15 +133,23 @@ class RecordingModel:
         return np.array([[1 - int(t) / 10, int(t) / 10] for t in texts])
 
 
+@asynccontextmanager
+async def running(model, batch_wait_ms: float = 60_000, **kwargs):
+    """A started MicroBatcher over `model`, stopped on the way out. The default wait is one no test run could sit
+    out: a test that passes did not wait for it."""
+    batcher = MicroBatcher(model, batch_wait_ms=batch_wait_ms, **kwargs)
+    batcher.start()
+    try:
+        yield batcher
+    finally:
+        await batcher.stop()
+
+
 def test_a_lone_request_does_not_wait_for_company():
     async def scenario():
         model = RecordingModel()
-        batcher = MicroBatcher(model, batch_wait_ms=60_000)  # a wait no test run could sit out
-        batcher.start()
-        try:
+        async with running(model) as batcher:
             got = await asyncio.wait_for(batcher.classify(["3"]), timeout=30)
-        finally:
-            await batcher.stop()
         return model.calls, got
 
     calls, got = asyncio.run(scenario())
@@ -150,17 +159,13 @@ def test_a_lone_request_does_not_wait_for_company():
 def test_a_batch_waits_for_a_request_still_being_read_and_both_get_their_own_answers():
     async def scenario():
         model = RecordingModel()
-        batcher = MicroBatcher(model, batch_wait_ms=60_000)
-        batcher.start()
-        try:
+        async with running(model) as batcher:
             with batcher.arrival():  # a second request whose body is still coming
                 first = asyncio.ensure_future(batcher.classify(["1"]))
                 await asyncio.sleep(0.2)
                 assert not first.done() and model.calls == []  # the first waits for it
             second = await asyncio.wait_for(batcher.classify(["2", "1"]), timeout=30)
             return model.calls, (await asyncio.wait_for(first, timeout=30)), second
-        finally:
-            await batcher.stop()
 
     calls, first, second = asyncio.run(scenario())
     assert calls == [["1", "2", "1"]]  # one model call for both
@@ -172,30 +177,28 @@ def test_under_load_a_batch_waits_for_more_requests():
     import threading
 
     async def scenario():
-        model, running, release = RecordingModel(), threading.Event(), threading.Event()
+        model, running_now, release = RecordingModel(), threading.Event(), threading.Event()
         answer = model.predict_proba
 
         def busy(texts):
-            running.set()
+            running_now.set()
             release.wait(30)
             return answer(texts)
 
         model.predict_proba = busy
-        batcher = MicroBatcher(model, batch_wait_ms=60_000, max_batch_texts=2)
-        batcher.start()
-        try:
-            first = asyncio.ensure_future(batcher.classify(["1"]))  # alone: straight to the model
-            await asyncio.to_thread(running.wait, 30)
-            second = asyncio.ensure_future(batcher.classify(["2"]))  # queued while the model is busy
-            await asyncio.sleep(0.05)
-            release.set()
-            await asyncio.sleep(0.2)
-            assert not second.done()  # waiting for company, not sent alone
-            third = await asyncio.wait_for(batcher.classify(["3"]), timeout=30)
-            return model.calls, (await first).tolist(), (await second).tolist(), third.tolist()
-        finally:
-            release.set()
-            await batcher.stop()
+        async with running(model, max_batch_texts=2) as batcher:
+            try:
+                first = asyncio.ensure_future(batcher.classify(["1"]))  # alone: straight to the model
+                await asyncio.to_thread(running_now.wait, 30)
+                second = asyncio.ensure_future(batcher.classify(["2"]))  # queued while the model is busy
+                await asyncio.sleep(0.05)
+                release.set()
+                await asyncio.sleep(0.2)
+                assert not second.done()  # waiting for company, not sent alone
+                third = await asyncio.wait_for(batcher.classify(["3"]), timeout=30)
+                return model.calls, (await first).tolist(), (await second).tolist(), third.tolist()
+            finally:
+                release.set()  # before the batcher stops: its model thread may be waiting on it
 
     calls, first, second, third = asyncio.run(scenario())
     assert calls == [["1"], ["2", "3"]]
@@ -204,15 +207,10 @@ def test_under_load_a_batch_waits_for_more_requests():
 
 def test_a_request_that_fails_while_being_read_is_not_waited_for():
     async def scenario():
-        model = RecordingModel()
-        batcher = MicroBatcher(model, batch_wait_ms=60_000)
-        batcher.start()
-        try:
+        async with running(RecordingModel()) as batcher:
             with pytest.raises(RuntimeError), batcher.arrival():
                 raise RuntimeError("a bad body")
             return await asyncio.wait_for(batcher.classify(["4"]), timeout=30), batcher.arriving
-        finally:
-            await batcher.stop()
 
     got, arriving = asyncio.run(scenario())
     assert got.tolist() == [[0.6, 0.4]] and arriving == 0
