@@ -306,7 +306,7 @@ def test_gpt2_graph_runs_its_final_block_at_the_last_token_only(tokenizer):
     model.transformer.h[0].mlp.register_forward_hook(lambda module, args, out: seen.append(args[0].shape))
     batch = tokenizer(MESSAGES[:3], padding=True, return_tensors="pt")
     with torch.no_grad():
-        logits = PooledLogits(model)(batch["input_ids"], batch["attention_mask"])
+        logits = PooledLogits(model, tokenizer)(batch["input_ids"], batch["attention_mask"])
         full = model(**batch).logits
     np.testing.assert_allclose(logits.numpy(), full.numpy(), atol=1e-5)
     # The exported forward first: the first block on every token, the final block's MLP on one per row.

@@ -5,6 +5,7 @@ loads without hf_spam. `hf-spam predict` gives the same labels and scores (up to
 it classifies each distinct text once and batches texts of similar token length together; for GPT-2 it also
 runs the final block only at the last real token, the one whose logits are read
 (`models.pooled_forward.pooled_logits`), and computes GELU with PyTorch's fused kernel (`models.loading.use_fused_gelu`).
+Other decoders with a message template compute the template's opening once (`models.template_prefix`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from hf_spam.models.loading import (
     warn_if_bfloat16_is_emulated,
 )
 from hf_spam.models.pooled_forward import pooled_logits
+from hf_spam.models.template_prefix import template_prefix
 
 # The two messages chapter 6 of the book classifies after training.
 BOOK_EXAMPLES = [
@@ -95,10 +97,17 @@ def classifier(
     if torch_dtype == torch.bfloat16:
         warn_if_bfloat16_is_emulated(model.device, "Prediction")
 
+    def autocast():
+        return torch.autocast(model.device.type, dtype=torch_dtype, enabled=torch_dtype != torch.float32)
+
+    with torch.inference_mode(), autocast():
+        prefix = template_prefix(model, tokenizer)
+
     def forward(batch: dict[str, torch.Tensor]) -> np.ndarray:
-        autocast = torch.autocast(model.device.type, dtype=torch_dtype, enabled=torch_dtype != torch.float32)
-        with torch.inference_mode(), autocast:
-            logits = pooled_logits(model, **{k: v.to(model.device) for k, v in batch.items()})
+        input_ids, attention_mask = (batch[k].to(model.device) for k in ("input_ids", "attention_mask"))
+        opening = prefix if prefix is not None and prefix.begins(input_ids) else None
+        with torch.inference_mode(), autocast():
+            logits = pooled_logits(model, input_ids, attention_mask, prefix=opening)
         return logits.float().softmax(-1).cpu().numpy()
 
     probabilities = batched(forward, tokenizer, model_context(model.config), batch_size, "pt")

@@ -37,6 +37,7 @@ from hf_spam.models.loading import use_fused_gelu
 from hf_spam.models.parts import is_gpt2
 from hf_spam.models.pooled_forward import pooled_logits
 from hf_spam.models.pooling import pooling_of
+from hf_spam.models.template_prefix import TemplatePrefix, template_prefix
 
 if TYPE_CHECKING:
     pass
@@ -61,23 +62,37 @@ C_ATTN_PARTS = ("query_weight", "query_bias", "key_value_weight", "key_value_bia
 
 
 class PooledLogits(nn.Module):
-    """The classifier as ONNX sees it: keyword inputs, no cache, `pooled_logits` (predict's own forward).
+    """The classifier as ONNX sees it: keyword inputs, `pooled_logits` (predict's own forward).
 
     GPT-2's final `c_attn` is held as four constants of its own: int8 quantization converts a weight that is
-    a constant, not a slice taken at run time.
+    a constant, not a slice taken at run time. A template's opening (`template_prefix`) is held as constant
+    keys and values: the graph then expects rows that begin with its ids, as the model's tokenizer writes them.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, tokenizer):
         super().__init__()
         self.model = model
         self.gpt2_last = pooling_of(model.config) == "last" and is_gpt2(model)
         if self.gpt2_last:
             for name, part in zip(C_ATTN_PARTS, split_c_attn(model.transformer.h[-1]), strict=True):
                 self.register_buffer(name, part.detach().clone(), persistent=False)
+        prefix = template_prefix(model, tokenizer)
+        self.prefix_ids = prefix.ids if prefix is not None else None
+        self.n_prefix_layers = len(prefix.keys_values) if prefix is not None else 0
+        for i in range(self.n_prefix_layers):
+            self.register_buffer(f"prefix_keys_{i}", prefix.keys_values[i][0].clone(), persistent=False)
+            self.register_buffer(f"prefix_values_{i}", prefix.keys_values[i][1].clone(), persistent=False)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         c_attn = tuple(getattr(self, name) for name in C_ATTN_PARTS) if self.gpt2_last else None
-        return pooled_logits(self.model, input_ids, attention_mask, c_attn)
+        prefix = None
+        if self.n_prefix_layers:
+            keys_values = tuple(
+                (getattr(self, f"prefix_keys_{i}"), getattr(self, f"prefix_values_{i}"))
+                for i in range(self.n_prefix_layers)
+            )
+            prefix = TemplatePrefix(self.prefix_ids, keys_values)
+        return pooled_logits(self.model, input_ids, attention_mask, c_attn, prefix)
 
 
 def export(
@@ -105,8 +120,9 @@ def export(
     try:
         started = time.perf_counter()
         float_path = work / ONNX_FILES["float32"]
-        export_graph(model, tokenizer, float_path, opset)
+        opening = export_graph(model, tokenizer, float_path, opset)
         report = {"model_dir": str(model_dir), "opset": opset, "verified_on": split, "messages": len(texts)}
+        report["template_opening_tokens"] = opening
         report["export_seconds"] = round(time.perf_counter() - started, 1)
 
         reference = classifier(model, tokenizer).predict_proba(texts)
@@ -174,19 +190,24 @@ def replace_onnx_dir(work: Path, target: Path) -> None:
         work.rename(target)
 
 
-def export_graph(model, tokenizer, path: Path, opset: int = DEFAULT_OPSET) -> None:
-    """`torch.onnx.export` (the dynamo exporter) of `PooledLogits(model)` with dynamic batch and length."""
+def export_graph(model, tokenizer, path: Path, opset: int = DEFAULT_OPSET) -> int:
+    """`torch.onnx.export` (the dynamo exporter) of `PooledLogits(model)` with dynamic batch and length; returns
+    how many opening tokens of the template the graph holds as constants (0: none)."""
     model.eval()
     use_fused_gelu(model)  # GPT-2's `gelu_new` is five elementwise ops; the fused form exports as one `Gelu`
     # Two rows of different lengths: the example has padding, so no shape is specialized to a single row.
     example = tokenizer(["an example message to trace", "a shorter one"], padding=True, return_tensors="pt")
-    batch, length = torch.export.Dim("batch"), torch.export.Dim("sequence_length")
+    wrapper = PooledLogits(model, tokenizer)
+    # A graph that cuts off the template's opening reads rows at least one token longer than it.
+    opening = len(wrapper.prefix_ids) if wrapper.prefix_ids is not None else 0
+    shortest = {"min": opening + 1} if opening else {}
+    batch, length = torch.export.Dim("batch"), torch.export.Dim("sequence_length", **shortest)
     inline = sum(p.numel() * p.element_size() for p in model.parameters()) < INLINE_LIMIT
     with warnings.catch_warnings(), _quiet("torch.onnx", "torch.export", "onnxscript", "onnx_ir"):
         # The exporter warns about internals (deprecated helpers, torchvision ops it skips) a user can't act on.
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            PooledLogits(model),
+            wrapper,
             (),
             kwargs={"input_ids": example["input_ids"], "attention_mask": example["attention_mask"]},
             input_names=["input_ids", "attention_mask"],
@@ -197,6 +218,7 @@ def export_graph(model, tokenizer, path: Path, opset: int = DEFAULT_OPSET) -> No
             verbose=False,
         )
         program.save(str(path), external_data=not inline)
+    return opening
 
 
 def quantize_int8(source: Path, target: Path, blockwise: list[str] | tuple[str, ...] = ()) -> None:
