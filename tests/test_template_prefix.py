@@ -71,16 +71,16 @@ def test_every_family_reads_the_opening_once_with_the_full_forwards_logits(famil
 
 def test_no_opening_where_its_keys_would_differ_or_gpt2_has_its_own_path(templated, tokenizer):
     llama = _tiny("llama", templated)
-    assert opening_ids(llama.config, templated) == templated("x")["input_ids"][:3]
-    assert opening_ids(llama.config, tokenizer) == []  # no template: nothing before a message
-    assert opening_ids(_tiny("llama", templated, hf_spam_pooling="mean").config, templated) == []
-    assert opening_ids(_tiny("llama", templated, is_causal=False).config, templated) == []
+    assert opening_ids(llama, templated) == templated("x")["input_ids"][:3]
+    assert opening_ids(llama, tokenizer) == []  # no template: nothing before a message
+    assert opening_ids(_tiny("llama", templated, hf_spam_pooling="mean"), templated) == []
+    assert opening_ids(_tiny("llama", templated, is_causal=False), templated) == []
     gpt2 = load_model("gpt2", templated, init="random", config_overrides=TINY_OVERRIDES)
-    assert opening_ids(gpt2.config, templated) == [] and template_prefix(gpt2, templated) is None
+    assert opening_ids(gpt2, templated) == [] and template_prefix(gpt2, templated) is None
     # A sliding window (4 tokens in the tiny Mistral) shorter than the opening keeps only its end.
     long_opening = load_tokenizer(None, use_bundled=True, message_template=LONG_OPENING)
     mistral = _tiny("mistral", long_opening)
-    assert len(opening_ids(mistral.config, long_opening)) > mistral.config.sliding_window
+    assert len(opening_ids(mistral, long_opening)) > mistral.config.sliding_window
     assert template_prefix(mistral, long_opening) is None
     assert template_prefix(_tiny("llama", long_opening), long_opening) is not None  # no window, no limit
 

@@ -30,12 +30,12 @@ def pooled_logits(
     `prefix`: the template's opening (`template_prefix`), which every row must begin with (`prefix.begins`);
     the layers then run on the rest of each row only.
     """
+    if prefix is not None:
+        return _logits_after_prefix(model, input_ids, attention_mask, prefix)
     # Position ids as wide as the batch: left to the model they are one row, broadcast, and ONNX Runtime's
     # RotaryEmbedding (opset 23) wants its cos/sin caches to have the batch's own size.
     positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
     pooling = pooling_of(model.config)
-    if prefix is not None:
-        return _logits_after_prefix(model, input_ids, attention_mask, prefix)
     if pooling == "last" and is_gpt2(model):
         trunk = trunk_module(model, model.config.n_layer - 1)
         hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from hf_spam.models.parts import is_gpt2
 from hf_spam.models.pooling import pooling_of
 
 
@@ -46,10 +47,11 @@ class TemplatePrefix:
         return input_ids.shape[1] > n and bool((input_ids[:, :n] == self.ids.to(input_ids.device)).all())
 
 
-def opening_ids(config, tokenizer) -> list[int]:
+def opening_ids(model: PreTrainedModel, tokenizer) -> list[int]:
     """The ids `pooled_logits` takes from a `TemplatePrefix` for this model and tokenizer: the ones the
     tokenizer's post-processor writes before every message, less the last; [] where the path does not apply."""
-    if config.model_type == "gpt2" or pooling_of(config) != "last" or not getattr(config, "is_causal", True):
+    config = model.config
+    if is_gpt2(model) or pooling_of(config) != "last" or not getattr(config, "is_causal", True):
         return []
     backend = getattr(tokenizer, "backend_tokenizer", None)
     processor = json.loads(backend.to_str()).get("post_processor") if backend is not None else None
@@ -67,7 +69,7 @@ def opening_ids(config, tokenizer) -> list[int]:
 def template_prefix(model: PreTrainedModel, tokenizer) -> TemplatePrefix | None:
     """The opening's keys and values through `model` (on its device, in the dtype it computes in now: call it
     under the same autocast as the forward that will use it), or None where the path does not apply."""
-    ids = opening_ids(model.config, tokenizer)
+    ids = opening_ids(model, tokenizer)
     if not ids:
         return None
     ids = torch.tensor(ids, device=model.device)
