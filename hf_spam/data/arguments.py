@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hf_spam.data.collection import URLS
 
@@ -78,6 +79,18 @@ class DataArguments:
             "the false-positive rate and precision at the data's own spam rate."
         },
     )
+    external_files: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Labelled files of messages unlike the training data (e.g. the SpamHunter and NUS corpora), scored "
+            "after training for evaluation only: never a training or validation split. Texts also in the "
+            "training data are left out. Missing files: skipped with one line."
+        },
+    )
+    external_max_ham: int | None = field(
+        default=None,
+        metadata={"help": "Score every external message that is not ham but only this many ham, drawn with the seed."},
+    )
     split_ratios: list[float] = field(
         default_factory=lambda: [0.7, 0.1, 0.2], metadata={"help": "train/validation/test fractions."}
     )
@@ -94,6 +107,15 @@ class DataArguments:
     )
 
     def __post_init__(self):
+        if self.external_max_ham is not None and self.external_max_ham < 1:
+            raise ValueError(f"external_max_ham must be at least 1 (or left out for all), got {self.external_max_ham}")
+        given = {self.data_file, self.train_file, self.validation_file, self.test_file} - {None}
+        trained_on = {str(Path(p).resolve()) for p in given}
+        for path in self.external_files:
+            if str(Path(path).resolve()) in trained_on:
+                raise ValueError(
+                    f"external_files: {path} is also a training data file; external files are for evaluation only"
+                )
         if not self.download_timeout > 0:
             raise ValueError(f"download_timeout must be a positive number of seconds, got {self.download_timeout}")
         if self.max_length is not None and self.max_length < 1:

@@ -245,3 +245,25 @@ def _checked_rows(dataset, text: str, label: str, names, mapping: dict, lenient:
     if not texts:
         raise SourceError(f"{where}: no usable rows")
     return texts, labels
+
+
+# Binary label names where the negative class goes without saying (the positive ones are POSITIVE).
+NEGATIVE = ("ham", "0", "false", "no", "legit", "legitimate", "not spam", "not_spam")
+
+
+def read_labelled_file(
+    path: str, classes: list[str], text_column: str | None = None, label_column: str | None = None
+) -> tuple[list[str], list[int]]:
+    """A file of messages to *score* (CSV/TSV/JSON/JSONL/Parquet, as `train_file` reads them), its labels
+    mapped to a model's `classes`: texts and label ids. Unlike training data, a file may hold one label only
+    (a corpus of spam reports, one of personal messages). For a ham/spam model the usual names of each side are
+    understood (spam/1/true/junk, ham/0/false/legit); every row is checked, an error naming the file and row."""
+    dataset = _read_file(path)
+    columns = list(dataset.column_names)
+    text = _column(columns, text_column, TEXT_COLUMNS, "text_column", path)
+    label = _column(columns, label_column, LABEL_COLUMNS, "label_column", path)
+    names = getattr(dataset.features[label], "names", None)
+    mapping = {name.lower(): i for i, name in enumerate(classes)}
+    if classes == ["ham", "spam"]:
+        mapping |= {name: 1 for name in POSITIVE} | {name: 0 for name in NEGATIVE}
+    return _checked_rows(dataset, text, label, names, mapping, False, path, Counter())

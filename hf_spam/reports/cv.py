@@ -42,6 +42,12 @@ from hf_spam.data.collection import DataReport, default_cache_dir, write_atomica
 from hf_spam.data.splits import distinct_rows, prepare_splits, read_data, source_arguments
 from hf_spam.evaluation.baseline import tfidf_classifier
 from hf_spam.evaluation.sentence_baseline import SENTENCE_MODEL, sentence_embeddings, sentence_model_dir
+from hf_spam.reports.cv_external import (
+    DEFAULT_MAX_HAM,
+    baseline_scores,
+    read_external_predictions,
+    summarize_external,
+)
 from hf_spam.reports.cv_report import fold_line, markdown_summary, summarize, write_outputs
 from hf_spam.training.arguments import parse_args
 from hf_spam.training.checkpoints import differences, run_settings
@@ -120,9 +126,13 @@ def run_fold(fold_dir: Path, args: tuple, data: tuple, classes: list[str], keep_
     if "interrupted_at_step" in summary:
         raise KeyboardInterrupt
     splits, fold_report = data
-    probabilities = read_probabilities(Path(args[2].output_dir) / "test_predictions.csv", splits["test"], classes)
+    output_dir = Path(args[2].output_dir)
+    probabilities = read_probabilities(output_dir / "test_predictions.csv", splits["test"], classes)
+    external = None
+    if args[1].external_files:
+        external = read_external_predictions(output_dir / "external_predictions.csv", classes)
     if not keep_model:
-        remove_weights(Path(args[2].output_dir))
+        remove_weights(output_dir)
     gc.collect()
     return {
         "splits": fold_report.splits,
@@ -130,6 +140,7 @@ def run_fold(fold_dir: Path, args: tuple, data: tuple, classes: list[str], keep_
         "seconds": round(seconds, 1),
         "train_runtime": round(summary["train"]["train_runtime"], 1),
         "probabilities": probabilities,
+        **({"external": external} if external is not None else {}),
     }
 
 
@@ -197,8 +208,23 @@ def data_digest(folds_texts: list[str], labels: list[int]) -> str:
     return digest.hexdigest()
 
 
-def cross_validate(argv: list[str], n_folds: int = 5, baselines: bool = True, keep_models: bool = False) -> dict:
-    """Run (or finish) the cross-validation of the recipe that `argv` (train's flags) describes."""
+def cross_validate(
+    argv: list[str],
+    n_folds: int = 5,
+    baselines: bool = True,
+    keep_models: bool = False,
+    external: list[str] | None = None,
+    external_max_ham: int | None = DEFAULT_MAX_HAM,
+) -> dict:
+    """Run (or finish) the cross-validation of the recipe that `argv` (train's flags) describes; with
+    `external` (labelled files, evaluation only), each fold's model and baselines are scored on them too: every
+    message that is not ham and `external_max_ham` ham drawn with the seed (None: all)."""
+    if external:
+        missing = [path for path in external if not Path(path).is_file()]
+        if missing:
+            raise CVError(f"--external: no such file: {', '.join(missing)}")
+        argv = [*argv, "--external_files", *external]
+        argv += ["--external_max_ham", str(external_max_ham)] if external_max_ham else []
     model_args, data_args, training_args = parse_args(argv)
     seed = training_args.seed
     cv_dir = Path(f"{training_args.output_dir.rstrip('/')}-cv")
@@ -231,11 +257,16 @@ def cross_validate(argv: list[str], n_folds: int = 5, baselines: bool = True, ke
         if baselines:
             probabilities, fold["baseline_seconds"] = baseline_probabilities(splits, seed, embeddings)
             scored.update(probabilities)
+        if "external" in fold and baselines:
+            embed = external_embedder(embeddings, fold["external"]["texts"], baselines)
+            fold["external"]["probabilities"] |= baseline_scores(fold["external"], splits, seed, embed)
         fold["probabilities"] = {name: p.tolist() for name, p in scored.items()}
         write_atomically(json.dumps(fold).encode() + b"\n", path)
         results.append(fold)
         print(fold_line(fold, n_folds, folds.classes, binary), flush=True)
     summary = summarize(results, folds, binary, time.perf_counter() - started)
+    if all("external" in r for r in results):
+        summary["external"] = summarize_external(results, folds.classes)
     summary["recipe"] = recipe_of(model_args, data_args, training_args)
     summary["data"] = {"source": report.source, "path": report.path, "distinct": len(texts), "classes": report.classes}
     write_outputs(cv_dir, results, folds, summary, binary)
@@ -266,6 +297,16 @@ def sentence_vectors(texts: list[str], digest: str, wanted: bool) -> dict[str, n
         np.save(buffer, vectors)
         write_atomically(buffer.getvalue(), path)
     return dict(zip(texts, vectors, strict=True))
+
+
+def external_embedder(embeddings: dict | None, texts: list[str], wanted: bool):
+    """`texts -> vectors` of the sentence baseline for the collection's and the external messages (the external
+    ones computed once, cached like the collection's); None where the baseline is skipped."""
+    if embeddings is None:
+        return None
+    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
+    vectors = {**embeddings, **(sentence_vectors(texts, digest, wanted) or {})}
+    return lambda batch: np.stack([vectors[t] for t in batch])
 
 
 def recipe_of(model_args, data_args, training_args) -> dict:
@@ -300,12 +341,30 @@ def main(argv: list[str] | None = None) -> int:
         help="Score the baselines on the same folds.",
     )
     parser.add_argument("--keep_models", action="store_true", help="Keep each fold's trained weights.")
+    parser.add_argument(
+        "--external",
+        nargs="+",
+        metavar="FILE",
+        help="Labelled files of messages unlike the training data (evaluation only): each fold's model and the "
+        "baselines are scored on them, and cv.md reports them beside the in-collection figures.",
+    )
+    parser.add_argument(
+        "--external_max_ham",
+        type=int,
+        default=DEFAULT_MAX_HAM,
+        help=f"Of the external files, score every spam but only this many ham, drawn with the seed (default "
+        f"{DEFAULT_MAX_HAM:,}; 0: all).",
+    )
     args, rest = parser.parse_known_args(argv)
     configure_logging()
     try:
         if args.folds < 2:
             raise CVError(f"--folds must be at least 2, got {args.folds}")
-        cross_validate(rest, args.folds, args.baselines, args.keep_models)
+        if args.external_max_ham < 0:
+            raise CVError(f"--external_max_ham must not be negative, got {args.external_max_ham}")
+        cross_validate(
+            rest, args.folds, args.baselines, args.keep_models, args.external, args.external_max_ham or None
+        )
     except (CVError, *USER_ERRORS) as err:
         logger.error("%s: %s", type(err).__name__, err)
         return 2

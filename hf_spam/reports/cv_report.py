@@ -13,7 +13,9 @@ import numpy as np
 
 from hf_spam.data.collection import write_atomically
 from hf_spam.evaluation.metrics import FPR_BUDGETS, score_predictions, spam_log_odds, spam_score_metrics
+from hf_spam.evaluation.plots import plot_ranking, plot_score_histogram
 from hf_spam.evaluation.sentence_baseline import SENTENCE_MODEL
+from hf_spam.reports.cv_external import external_markdown, write_external
 
 if TYPE_CHECKING:
     from hf_spam.reports.cv import Folds
@@ -113,8 +115,22 @@ def write_outputs(cv_dir: Path, results: list[dict], folds: Folds, summary: dict
                 p = r["probabilities"]["model"][i]
                 writer.writerow([text, folds.classes[label], r["fold"], folds.classes[int(np.argmax(p))], *p])
     write_atomically(f.getvalue().encode(), cv_dir / "oof.csv")
+    if binary:
+        plot_oof(cv_dir, results, names, target["spam"], summary)
+    if "external" in summary:
+        write_external(cv_dir, results, summary["external"], MODEL_NAMES)
     write_atomically(json.dumps(summary, indent=2).encode() + b"\n", cv_dir / "cv.json")
     write_atomically((markdown_summary(summary, binary, full=True) + "\n").encode(), cv_dir / "cv.md")
+
+
+def plot_oof(cv_dir: Path, results: list[dict], names: list[str], spam: int, summary: dict) -> None:
+    """PR/ROC of every model's pooled out-of-fold scores on the same axes, and the recipe's score histogram."""
+    labels = np.concatenate([np.asarray(r["labels"]) == spam for r in results]).astype(int)
+    odds = {n: np.concatenate([spam_log_odds(r["probabilities"][n], spam) for r in results]) for n in names}
+    title = f"Out-of-fold, {summary['messages']:,} messages"
+    curves = {MODEL_NAMES.get(n, n): (labels, odds[n]) for n in names}
+    plot_ranking(curves, cv_dir / "pr_roc.png", FPR_BUDGETS, title, float(labels.mean()))
+    plot_score_histogram(labels, odds["model"], cv_dir / "scores.png", f"{title}: the fine-tuned models' scores")
 
 
 def fold_line(fold: dict, n_folds: int, classes: list[str], binary: bool) -> str:
@@ -126,6 +142,11 @@ def fold_line(fold: dict, n_folds: int, classes: list[str], binary: bool) -> str
             if binary
             else f"{name} acc {m['accuracy']:.4f} F1 {m['f1']:.4f}"
         )
+    if "external" in fold and binary:
+        ext = fold["external"]
+        odds = spam_log_odds(ext["probabilities"]["model"], classes.index("spam"))
+        m = spam_score_metrics(ext["labels"], odds, threshold=0.0)
+        parts.append(f"external: model AP {m['average_precision']:.4f}, recall at FPR 0.1% {m['at_fpr']['0.001']['recall']:.1%}")
     sizes = fold["splits"]
     return (
         f"fold {fold['fold']}/{n_folds}: train {sizes['train']}, validation {sizes['validation']}, test "
@@ -175,8 +196,17 @@ def markdown_summary(summary: dict, binary: bool, full: bool = False) -> str:
             f"{', '.join(f'{s:.1f} s' for s in times)} (mean {np.mean(times):.1f} s)"
             + (", its embeddings computed once for all folds." if name == "minilm" else ".")
         )
+    if "external" in summary:
+        lines += external_markdown(summary["external"], MODEL_NAMES, full)
     if full:
         lines += detail_tables(summary, binary, budgets)
+        if binary:
+            lines += [
+                "",
+                "![Out-of-fold precision-recall and ROC](pr_roc.png)",
+                "",
+                "![Out-of-fold scores](scores.png)",
+            ]
     return "\n".join(lines)
 
 

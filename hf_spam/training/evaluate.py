@@ -14,8 +14,10 @@ import torch
 from hf_spam.data.splits import SPLITS
 from hf_spam.deploy.classifier import classifier
 from hf_spam.deploy.spam_classifier import SpamClassifier
-from hf_spam.evaluation.baseline import tfidf_baseline
-from hf_spam.evaluation.metrics import at_spam_rate, score_predictions
+from hf_spam.evaluation.baseline import tfidf_baseline, tfidf_classifier
+from hf_spam.evaluation.cross_corpus import budget_names, corpus_metrics
+from hf_spam.evaluation.metrics import FPR_BUDGETS, at_spam_rate, score_predictions, spam_log_odds
+from hf_spam.evaluation.plots import plot_ranking, plot_score_histogram
 from hf_spam.training.arguments import ConfigError
 
 logger = logging.getLogger("hf_spam")
@@ -41,16 +43,23 @@ def evaluate_split(
     return metrics, probabilities
 
 
-def write_predictions(path: Path, split, probabilities: np.ndarray, config) -> None:
+def write_predictions(path: Path, split, probabilities: np.ndarray, config, files: list[str] | None = None) -> None:
     """`text,label,prediction,p_<class>...` for each message of `split`, in its order: the errors to read, and
-    what `hf-spam cv` pools across folds. The prediction follows the model's saved `spam_threshold`, if any."""
+    what `hf-spam cv` pools across folds. The prediction follows the model's saved `spam_threshold`, if any.
+    With `files` (the external messages'), a `file` column says where each message came from."""
     names = [config.id2label[i] for i in range(len(config.id2label))]
     predicted = SpamClassifier(None, config).decide(probabilities)  # predict's own rule: argmax, or the threshold
+    origin = files if files is not None else [None] * len(predicted)
     with open(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["text", "label", "prediction", *(f"p_{name}" for name in names)])
-        for text, label, guess, row in zip(split["text"], split["label"], predicted, probabilities, strict=True):
-            writer.writerow([text, names[label], names[guess], *(f"{p:.8g}" for p in row)])
+        writer.writerow(
+            ["text", "label", "prediction", *(f"p_{name}" for name in names), *(["file"] if files is not None else [])]
+        )
+        rows = zip(split["text"], split["label"], predicted, probabilities, origin, strict=True)
+        for text, label, guess, row, file in rows:
+            writer.writerow(
+                [text, names[label], names[guess], *(f"{p:.8g}" for p in row), *([file] if file is not None else [])]
+            )
 
 
 def decision_threshold(model, tokenizer, validation, test, max_fpr: float) -> tuple[float, dict]:
@@ -159,12 +168,71 @@ def metrics_table(results: dict[str, dict], classes: list[str] | None = None) ->
             f"rate {n['false_positive_rate']:.4f} (95% CI {low:.4f}-{high:.4f}), precision {precision}, "
             f"recall {n['recall']:.4f}"
         )
+    if "external" in results:
+        lines += external_lines(results["external"])
     return "\n".join(lines)
 
 
-def evaluate_run(trainer, model, tokenizer, eval_features, orders, splits, held_out, report):
-    """Every split's metrics and probabilities, the TF-IDF row, the threshold at `max_fpr` and the natural-rate
-    figures."""
+def external_results(external, probabilities: np.ndarray, train_split, config, seed: int) -> tuple[dict, np.ndarray]:
+    """The cross-corpus figures of the model (at its own decision rule too) and of TF-IDF fitted on the same
+    training split, on the external messages; and TF-IDF's probabilities there."""
+    spam = config.label2id["spam"]
+    flagged = SpamClassifier(None, config).decide(probabilities) == spam
+    model = corpus_metrics(
+        external.labels, spam_log_odds(probabilities, spam), external.source, external.files, flagged
+    )
+    tfidf = tfidf_classifier(seed).fit(list(train_split["text"]), np.asarray(train_split["label"]))
+    baseline = tfidf.predict_proba(external.texts)
+    bar = corpus_metrics(external.labels, spam_log_odds(baseline, spam), external.source, external.files)
+    return {
+        "messages": external.counts(list(config.label2id)),
+        "dropped": external.dropped,
+        "models": {"model": model, "tfidf": bar},
+        "tfidf_trained_on": len(train_split),
+    }, baseline
+
+
+def external_lines(external: dict) -> list[str]:
+    """The printed cross-corpus rows: recall at each false-positive budget and average precision."""
+    budgets = budget_names()
+    counts = {label: sum(c[label] for c in external["messages"].values()) for label in ("spam", "ham")}
+    lines = [
+        f"external messages, evaluation only ({counts['spam']:,} spam, {counts['ham']:,} ham from "
+        f"{', '.join(external['messages'])}):",
+        f"{'':<11}" + "".join(f"{'@FPR ' + format(float(b), '.1%'):>12}" for b in budgets) + f"{'AP':>10}",
+    ]
+    names = {"model": "model", "tfidf": "tfidf"}
+    for name, m in external["models"].items():
+        lines.append(
+            f"{names[name]:<11}"
+            + "".join(f"{m['at_fpr'][b]['recall']:>12.2%}" for b in budgets)
+            + f"{m['average_precision']:>10.4f}"
+            + (
+                f"  (char TF-IDF + LR on the same {external['tfidf_trained_on']:,} training messages)"
+                if name == "tfidf"
+                else "  (recall of the spam at a false-positive rate on the ham)"
+            )
+        )
+    return lines
+
+
+def plot_external(directory: Path, external, probabilities: dict, spam: int) -> dict[str, str]:
+    """PR/ROC curves of the model and TF-IDF, and the model's score histogram, on the external messages."""
+    labels = external.labels
+    model = spam_log_odds(probabilities["external"], spam)
+    curves = {"fine-tuned": (labels, model), "TF-IDF": (labels, spam_log_odds(probabilities["external_tfidf"], spam))}
+    title = f"External messages ({', '.join(external.files)})"
+    plot_ranking(curves, directory / "external_pr_roc.png", FPR_BUDGETS, title, float(labels.mean()))
+    plot_score_histogram(labels, model, directory / "external_scores.png", title)
+    return {
+        "external_pr_roc.png": "Precision-recall and ROC on the external messages (evaluation only)",
+        "external_scores.png": "The model's spam log-odds on the external messages, by true label",
+    }
+
+
+def evaluate_run(trainer, model, tokenizer, eval_features, orders, splits, held_out, report, external=None):
+    """Every split's metrics and probabilities, the TF-IDF row, the threshold at `max_fpr`, the natural-rate
+    figures and, with `external`, the cross-corpus figures."""
     training_args = trainer.args
     results, probabilities = {}, {}
     for split in SPLITS:
@@ -182,5 +250,12 @@ def evaluate_run(trainer, model, tokenizer, eval_features, orders, splits, held_
         test = results["threshold"]["test"] if "threshold" in results else results["test"]
         results["held_out"], results["natural_rate"] = natural_rate_metrics(
             model, tokenizer, held_out, test, report.spam_rate
+        )
+    if external is not None:
+        _, probabilities["external"] = evaluate_split(
+            trainer, eval_features["external"], "external", report.classes, orders["external"]
+        )
+        results["external"], probabilities["external_tfidf"] = external_results(
+            external, probabilities["external"], splits["train"], model.config, training_args.seed
         )
     return results, probabilities

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 import transformers
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict
 from transformers import DataCollatorWithPadding, set_seed
 
 from hf_spam.data.collection import DataFormatError, DataIntegrityError, DownloadError, default_cache_dir
+from hf_spam.data.external import EvaluationSet, evaluation_set, present_files
 from hf_spam.data.sources import SourceError
 from hf_spam.data.splits import SplitError, load_splits
 from hf_spam.data.tokenize import tokenize_splits
@@ -67,6 +68,7 @@ from hf_spam.training.evaluate import (
     evaluate_run,
     length_order,
     metrics_table,
+    plot_external,
     write_predictions,
 )
 from hf_spam.training.launch import check_launch, configure_logging, use_the_cores
@@ -115,6 +117,7 @@ def train(model_args, data_args, training_args, data: tuple | None = None) -> di
     # ---- data ----
     tokenizer = tokenizer_stage(model_args, model_path)
     splits, held_out, report = data_stage(data_args, training_args, data)
+    external = external_stage(data_args, training_args.seed, splits, held_out, report)
 
     # ---- model ----
     model, tokenized, max_length, depth_probe = model_stage(
@@ -152,12 +155,14 @@ def train(model_args, data_args, training_args, data: tuple | None = None) -> di
         model = merged_into_trainer(trainer, model, model_args.save_adapter)
 
     # ---- evaluate ----
-    results, probabilities = evaluate_run(trainer, model, tokenizer, eval_features, orders, splits, held_out, report)
+    results, probabilities = evaluate_run(
+        trainer, model, tokenizer, eval_features, orders, splits, held_out, report, external
+    )
     base_model = {"name": model_args.model_name_or_path, "loaded_from": model_path, "source": weights_source}
     summary = run_summary(base_model, data_args, training_args, report, results, train_result, model, depth_probe)
 
     # ---- save / push ----
-    save_run(trainer, model, tokenizer, card, summary, probabilities["test"], splits["test"], report)
+    save_run(trainer, model, tokenizer, card, summary, probabilities, splits, report, external)
     if push_to_hub and trainer.is_world_process_zero():
         url = push_output_dir(
             training_args.output_dir, card.model_id, private=training_args.hub_private_repo, token=hub_token
@@ -269,6 +274,25 @@ def data_stage(data_args, training_args, data: tuple | None):
     return splits, held_out, report
 
 
+def external_stage(data_args, seed: int, splits, held_out, report) -> EvaluationSet | None:
+    """The external files' messages (evaluation only), added to `splits` as `external` so that they are
+    tokenized and, under the trunk cache, passed through the frozen trunk once with the others; None where
+    none are configured or they are not on this machine. Never trained on: the Trainer reads `train` only."""
+    paths = present_files(data_args.external_files) if data_args.external_files else None
+    if paths is None:
+        return None
+    if not report.is_binary:
+        raise ConfigError("external_files: cross-corpus figures are for ham/spam models; leave them out for this data")
+    seen = [text for split in splits.values() for text in split["text"]]
+    seen += list(held_out["text"]) if held_out is not None else []
+    external = evaluation_set(paths, report.classes, data_args.external_max_ham, seed, exclude=seen)
+    logger.info("External evaluation set: %s", external.describe(report.classes))
+    splits["external"] = Dataset.from_dict(
+        {"text": external.texts, "label": external.labels.tolist()}, features=splits["test"].features
+    )
+    return external
+
+
 def model_stage(model_args, data_args, training_args, model_path, tokenizer, splits, report):
     """The classifier, cut to its depth and frozen as the recipe says, and the tokenized splits."""
     model = load_model(
@@ -332,9 +356,9 @@ def trunk_stage(model, tokenizer, tokenized, data_args, training_args):
     return features, tail_for(model, n_frozen), collate_trunk_states, n_frozen
 
 
-def save_run(trainer, model, tokenizer, card, summary: dict, test_probabilities, test_split, report) -> None:
-    """Write the model (safetensors, loadable by a plain pipeline()), its card, plots, metrics and test
-    predictions through a staging directory (`publish`), then print the table and the book's examples."""
+def save_run(trainer, model, tokenizer, card, summary: dict, probabilities, splits, report, external) -> None:
+    """Write the model (safetensors, loadable by a plain pipeline()), its card, plots, metrics and test (and
+    external) predictions through a staging directory (`publish`), then print the table and the book's examples."""
     training_args, results = trainer.args, summary["metrics"]
     output_dir = Path(training_args.output_dir)
     staging = output_dir / STAGING
@@ -349,10 +373,17 @@ def save_run(trainer, model, tokenizer, card, summary: dict, test_probabilities,
     plot_accuracy(trainer.state.log_history, staging / "accuracy.png", "spam" if report.is_binary else "macro")
     plot_confusion_matrix(results["test"]["confusion_matrix"], staging / "confusion_matrix.png", report.classes)
     card.metrics, card.figures = results, dict(FIGURES)
+    if external is not None:
+        card.figures |= plot_external(staging, external, probabilities, report.classes.index("spam"))
     write_model_card(staging, card)
     summary["model_card"] = dataclasses.asdict(card)  # lets `hf-spam push` re-render it for a repo id
     (staging / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-    write_predictions(staging / "test_predictions.csv", test_split, test_probabilities, model.config)
+    write_predictions(staging / "test_predictions.csv", splits["test"], probabilities["test"], model.config)
+    if external is not None:
+        write_predictions(
+            staging / "external_predictions.csv", splits["external"], probabilities["external"], model.config,
+            files=[external.files[k] for k in external.source],
+        )  # fmt: skip
     publish(staging, output_dir)
     print(metrics_table(results, report.classes))
     # The trained model in memory, not a reload of output_dir: a second copy would be the run's peak memory.
