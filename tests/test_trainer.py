@@ -169,3 +169,16 @@ def test_class_weights_scale_the_loss_per_class(tiny_model, tokenizer, tmp_path)
         per_example = F.cross_entropy(out.logits, batch["labels"], reduction="none")
     expected = (per_example * torch.tensor([1.0, 3.0])[batch["labels"]]).sum() / len(per_example)
     assert torch.allclose(_loss(weighted, tiny_model, batch), expected, atol=1e-6)
+
+
+def test_label_smoothing_factor_smooths_the_pooled_loss(tiny_model, tokenizer, tmp_path):
+    dataset = _dataset(tokenizer, 8)
+    batch = DataCollatorWithPadding(tokenizer)([dict(r) for r in dataset])
+    plain = _trainer(tiny_model, tokenizer, tmp_path, dataset)
+    smoothed = _trainer(tiny_model, tokenizer, tmp_path, dataset, label_smoothing_factor=0.1)
+    tiny_model.eval()
+    with torch.no_grad():
+        _, out = plain.compute_loss(tiny_model, dict(batch), return_outputs=True)
+        expected = F.cross_entropy(out.logits, batch["labels"], label_smoothing=0.1)
+    assert not torch.allclose(_loss(plain, tiny_model, batch), expected)
+    assert torch.allclose(_loss(smoothed, tiny_model, batch), expected, atol=1e-6)

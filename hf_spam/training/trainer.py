@@ -64,7 +64,8 @@ class SpamTrainer(Trainer):
                 model(**inputs)
             logits = pool_padded(token_logits.value, inputs["attention_mask"], pooling_of(unwrapped.config))
         weight = None if self.class_weights is None else self.class_weights.to(logits)
-        loss = F.cross_entropy(logits.float(), labels, weight=weight, reduction="sum")
+        smoothing = self.args.label_smoothing_factor  # Trainer applies it only to a loss it computes itself
+        loss = F.cross_entropy(logits.float(), labels, weight=weight, reduction="sum", label_smoothing=smoothing)
         if num_items_in_batch is None:  # evaluation, or a caller that doesn't count: a plain mean
             loss = loss / labels.shape[0]
         else:
