@@ -1,4 +1,5 @@
-"""`hf-spam` command line: data | train | predict | export | serve | loadtest | push | bench | baseline | experiments."""
+"""`hf-spam` command line: data | train | predict | eval | cv | export | serve | loadtest | push | bench | baseline |
+experiments."""
 
 from __future__ import annotations
 
@@ -167,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         "baseline", help="Char TF-IDF + logistic regression on the same splits (`hf-spam baseline --help`)."
     )
     sub.add_parser("cv", help="Cross-validate a training recipe against baselines (`hf-spam cv --help`).")
+    sub.add_parser("eval", help="Score a saved model on labelled files it never saw, beside baselines (`--help`).")
     sub.add_parser("bench", help="Time the book's loop, plain Trainer and hf_spam (see `hf-spam bench --help`).")
     sub.add_parser("experiments", help="The book's table of chapter 6 experiments (`hf-spam experiments --help`).")
     sub.add_parser("loadtest", help="Load `hf-spam serve` on loopback (see `hf-spam loadtest --help`).")
@@ -333,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
         from hf_spam.reports.cv import main as cv_main
 
         return cv_main(argv[1:])
+    if argv[:1] == ["eval"]:
+        from hf_spam.reports.eval import main as eval_main
+
+        return eval_main(argv[1:])
     if argv[:1] == ["bench"]:
         from hf_spam.reports.bench import main as bench_main
 

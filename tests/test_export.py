@@ -249,7 +249,7 @@ def test_export_checks_on_data_named_locally_only(saved, tmp_path, capsys, monke
     (saved / "metrics.json").write_text(json.dumps(metrics))
     capsys.readouterr()
     assert cli_main(["export", str(saved)]) == 2
-    assert "which export does not download; give the messages to check on with --test_file" in capsys.readouterr().err
+    assert "which is not downloaded here; give the messages to check on with --test_file" in capsys.readouterr().err
 
 
 def test_clear_errors_without_an_export_or_without_the_extra(saved, monkeypatch, capsys):

@@ -3,8 +3,10 @@ report of what was done (`DataReport`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
@@ -180,6 +182,30 @@ def load_splits(data_args, seed: int):
         keep_held_out=data_args.evaluate_held_out,
         **source_arguments(data_args),
     )
+
+
+def splits_of_run(summary: dict, model_dir, instead: str, keep_held_out: bool = False) -> DatasetDict:
+    """The splits a saved model was trained with, rebuilt from what its `metrics.json` (`summary`) recorded:
+    the data's settings and the seed. A model directory may come from anyone: what it names is read locally,
+    never fetched; where it cannot be rebuilt, a `SourceError` says why and what to do `instead`."""
+    from hf_spam.data.arguments import DataArguments
+    from hf_spam.data.sources import SourceError
+
+    if "data_arguments" not in summary:
+        raise SourceError(f"{model_dir}: no metrics.json with the training data's settings; {instead}")
+    named = summary["data_arguments"]
+    if named.get("dataset_name"):
+        raise SourceError(
+            f"{model_dir}: trained on the Hub dataset {named['dataset_name']}, which is not downloaded here; {instead}"
+        )
+    for key in ("data_file", "train_file", "validation_file", "test_file"):
+        if named.get(key) and not Path(named[key]).is_file():
+            raise SourceError(f"{model_dir}: trained on {named[key]} ({key}), which is not on this machine; {instead}")
+    known = {f.name for f in dataclasses.fields(DataArguments)}
+    named = {k: v for k, v in named.items() if k in known}
+    data_args = DataArguments(**{**named, "evaluate_held_out": keep_held_out, "data_urls": [], "external_files": []})
+    splits, _ = load_splits(data_args, summary["seed"])
+    return splits
 
 
 def distinct_rows(given: dict[str, tuple[list[str], list[int]]], report: DataReport) -> tuple[list[str], list[int]]:

@@ -299,9 +299,8 @@ def mlp_output_projections(path: Path, config) -> list[str]:
 def verification_split(model_dir: str, config, test_file: str | None) -> tuple[list[str], np.ndarray, str]:
     """Texts and label ids to check the export on: `test_file` (any format `--train_file` takes, with the
     model's labels), else the test split the model was trained with (rebuilt from `metrics.json`)."""
-    from hf_spam.data.arguments import DataArguments
     from hf_spam.data.sources import SourceError, read_user_data
-    from hf_spam.data.splits import load_splits
+    from hf_spam.data.splits import splits_of_run
 
     if test_file is not None:
         rows = read_user_data(train_file=test_file)
@@ -312,27 +311,7 @@ def verification_split(model_dir: str, config, test_file: str | None) -> tuple[l
             )
         texts, ids = rows.splits["train"]
         return texts, np.array([config.label2id[rows.classes[i]] for i in ids]), f"{test_file}"
-    summary = read_run_summary(model_dir)
-    if "data_arguments" not in summary:
-        raise SourceError(
-            f"{model_dir}: no metrics.json with the training data's settings, so its test split is unknown; "
-            "give the messages to check on with --test_file"
-        )
-    # A model directory may come from anyone: what its metrics.json names is read locally, never fetched.
-    named = summary["data_arguments"]
-    if named.get("dataset_name"):
-        raise SourceError(
-            f"{model_dir}: trained on the Hub dataset {named['dataset_name']}, which export does not download; "
-            "give the messages to check on with --test_file"
-        )
-    for key in ("data_file", "train_file", "validation_file", "test_file"):
-        if named.get(key) and not Path(named[key]).is_file():
-            raise SourceError(
-                f"{model_dir}: trained on {named[key]} ({key}), which is not on this machine; give the messages "
-                "to check on with --test_file"
-            )
-    data_args = DataArguments(**{**named, "evaluate_held_out": False, "data_urls": []})
-    splits, _ = load_splits(data_args, summary["seed"])
+    splits = splits_of_run(read_run_summary(model_dir), model_dir, "give the messages to check on with --test_file")
     test = splits["test"]
     return list(test["text"]), np.array(test["label"]), "test split"
 

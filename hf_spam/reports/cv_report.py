@@ -146,7 +146,9 @@ def fold_line(fold: dict, n_folds: int, classes: list[str], binary: bool) -> str
         ext = fold["external"]
         odds = spam_log_odds(ext["probabilities"]["model"], classes.index("spam"))
         m = spam_score_metrics(ext["labels"], odds, threshold=0.0)
-        parts.append(f"external: model AP {m['average_precision']:.4f}, recall at FPR 0.1% {m['at_fpr']['0.001']['recall']:.1%}")
+        parts.append(
+            f"external: model AP {m['average_precision']:.4f}, recall at FPR 0.1% {m['at_fpr']['0.001']['recall']:.1%}"
+        )
     sizes = fold["splits"]
     return (
         f"fold {fold['fold']}/{n_folds}: train {sizes['train']}, validation {sizes['validation']}, test "
