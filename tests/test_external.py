@@ -111,7 +111,9 @@ def test_an_external_file_that_is_also_training_data_is_refused(tmp_path, canoni
 def trained(tmp_path_factory, canonical_file):
     """A tiny model trained on the collection, with a hand-made external file holding one collection text."""
     root = tmp_path_factory.mktemp("external")
-    first_ham = next(line.split("\t", 1)[1] for line in canonical_file.read_text().splitlines() if line.startswith("ham"))
+    first_ham = next(
+        line.split("\t", 1)[1] for line in canonical_file.read_text().splitlines() if line.startswith("ham")
+    )
     external = write_csv(root / "ext.csv", [*FILE_A, (first_ham, "ham", 0.0)])
     out = root / "model"
     argv = [*TINY, "--output_dir", str(out), "--external_files", external, str(root / "missing.csv")]
