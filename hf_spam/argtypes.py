@@ -45,7 +45,12 @@ def port_number(text: str) -> int:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with a bad flag reported as one line: `prog: error: ...` (and `--help` for the usage)."""
+    """argparse, with a bad flag reported as one line: `prog: error: ...` (and `--help` for the usage), and no
+    abbreviated flags: `--num_train_epoch` must not quietly mean another flag."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")

@@ -11,8 +11,6 @@ import logging
 import os
 import sys
 
-from transformers import HfArgumentParser
-
 from hf_spam.argtypes import (
     ArgumentParser,
     finite_float,
@@ -21,14 +19,16 @@ from hf_spam.argtypes import (
     positive_float,
     positive_int,
 )
-from hf_spam.data.arguments import DataArguments, check_finite
-from hf_spam.data.collection import DataFormatError, DataIntegrityError, DownloadError
-from hf_spam.data.splits import load_splits
-from hf_spam.deploy.spam_classifier import naming_the_model, read_run_summary
+
+# Heavy libraries (torch, transformers, datasets) are imported by the command that runs, never by the parser:
+# `hf-spam --help` and a mistyped flag answer at once.
 
 
 def data_command(args: argparse.Namespace) -> int:
+    from hf_spam.data.arguments import DataArguments, check_finite
+    from hf_spam.data.collection import DataFormatError, DataIntegrityError, DownloadError
     from hf_spam.data.sources import SourceError
+    from hf_spam.data.splits import load_splits
 
     try:
         data_args = DataArguments(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DataArguments)})
@@ -48,6 +48,7 @@ def predict_command(args: argparse.Namespace) -> int:
     from safetensors import SafetensorError
 
     from hf_spam.deploy.classifier import load_classifier
+    from hf_spam.deploy.spam_classifier import naming_the_model
     from hf_spam.malloc import keep_freed_memory
 
     keep_freed_memory()
@@ -99,8 +100,10 @@ def predict_command(args: argparse.Namespace) -> int:
 def export_command(args: argparse.Namespace) -> int:
     from safetensors import SafetensorError
 
+    from hf_spam.data.collection import DataFormatError, DownloadError
     from hf_spam.deploy.export import ExportError, export
     from hf_spam.deploy.onnx_runtime import OnnxMissingError
+    from hf_spam.deploy.spam_classifier import naming_the_model
 
     try:
         report = export(args.model_dir, args.quantize, args.test_file, args.max_accuracy_drop, args.opset)
@@ -118,6 +121,7 @@ def serve_command(args: argparse.Namespace) -> int:
     from safetensors import SafetensorError
 
     from hf_spam.deploy.serve import serve
+    from hf_spam.deploy.spam_classifier import naming_the_model
 
     api_key = args.api_key or os.environ.get("HF_SPAM_API_KEY")
     if api_key is not None and not (api_key.isascii() and api_key.isprintable() and api_key.strip() == api_key):
@@ -142,6 +146,7 @@ def serve_command(args: argparse.Namespace) -> int:
 
 def push_command(args: argparse.Namespace) -> int:
     from hf_spam.deploy.hub import push_output_dir
+    from hf_spam.deploy.spam_classifier import read_run_summary
     from hf_spam.evaluation.model_card import SpamModelCardData, write_model_card
 
     summary = read_run_summary(args.output_dir)
@@ -161,9 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="hf-spam", description="Decoder (GPT-2, Llama, Gemma, ...) spam classifiers on the Hugging Face stack."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    add_data_parser(sub)
+    sub.add_parser("data", help="Obtain, verify, dedupe, balance and split the data; print a JSON report.")
     sub.add_parser(
         "baseline", help="Char TF-IDF + logistic regression on the same splits (`hf-spam baseline --help`)."
     )
@@ -187,19 +193,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_data_parser(sub) -> None:
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hf_spam")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+def data_parser() -> argparse.ArgumentParser:
     """`hf-spam data`: the data stage alone, its report as JSON. Its flags are `DataArguments`' fields, as in
     `hf-spam train`, so the two commands cannot drift apart."""
+    from transformers import HfArgumentParser
+
+    from hf_spam.data.arguments import DataArguments
+
     fields = HfArgumentParser(DataArguments, add_help=False)
     # "never download" is `--data_urls` with no URL; HfArgumentParser asks lists for at least one value.
     fields._option_string_actions["--data_urls"].nargs = "*"
-    data = sub.add_parser(
-        "data",
+    data = ArgumentParser(
+        prog="hf-spam data",
         parents=[fields],
-        help="Obtain, verify, dedupe, balance and split the data; print a JSON report.",
+        allow_abbrev=False,
+        description="Obtain, verify, dedupe, balance and split the data; print a JSON report.",
     )
     data.add_argument("--cache_dir", dest="data_cache_dir", help="The same as --data_cache_dir.")
     data.add_argument("--seed", type=int, default=123, help="The seed of balancing and splitting.")
+    return data
 
 
 def add_predict_parser(sub) -> None:
@@ -351,10 +372,12 @@ def main(argv: list[str] | None = None) -> int:
         from hf_spam.deploy.loadtest import main as loadtest_main
 
         return loadtest_main(argv[1:])
+    if argv[:1] == ["data"]:
+        args = data_parser().parse_args(argv[1:])
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stderr)
+        return data_command(args)
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stderr)
-    if args.command == "data":
-        return data_command(args)
     if args.command == "push":
         return push_command(args)
     if args.command == "export":

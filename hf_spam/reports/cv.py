@@ -330,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="hf-spam cv",
+        allow_abbrev=False,
         description=__doc__.split("\n\n")[0],
         epilog="Every other flag is a `hf-spam train` flag (see `hf-spam train --help`) and sets the recipe.",
     )

@@ -207,7 +207,7 @@ class SpamTrainingArguments(TrainingArguments):
         metadata={
             "help": "Pick the decision threshold on the validation split so that at most this share of its ham is "
             "flagged (e.g. 0.01), save it in the model's config as spam_threshold, and report every metric at it. "
-            "`hf-spam predict` applies it; a plain pipeline() still takes the argmax (see README)."
+            "`hf-spam predict` applies it; a plain pipeline() still takes the argmax (see docs/data.md)."
         },
     )
     class_weights: str | None = field(
@@ -268,23 +268,43 @@ class ConfigError(ValueError):
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, SpamTrainingArguments]:
     """Parse `--config FILE.yaml` (defaults) and CLI flags (overrides) into the three dataclasses."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config", type=Path)
     known, rest = pre.parse_known_args(argv)
-    parser = HfArgumentParser(ALL_ARGUMENTS)
+    # No abbreviations: `--num_train_epoch 1` must be an error, not quietly another flag.
+    parser = HfArgumentParser(ALL_ARGUMENTS, prog="hf-spam train", allow_abbrev=False)
     parser.error = _one_line_error  # argparse would print the usage of every flag (over a hundred lines) first
     if known.config is not None:
         parser.set_defaults(**load_yaml(known.config))
     try:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=rest)
-    except ValueError as err:  # unknown flags, and the dataclasses' own validation
+        *parsed, unknown = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
+    except ValueError as err:  # the dataclasses' own validation
         raise ConfigError(str(err)) from err
+    if unknown:
+        raise ConfigError(unknown_flags(unknown, parser))
+    model_args, data_args, training_args = parsed
     try:
         for arguments in (model_args, data_args, training_args):
             check_finite(arguments)
     except ValueError as err:
         raise ConfigError(str(err)) from err
     return model_args, data_args, training_args
+
+
+def unknown_flags(unknown: list[str], parser: argparse.ArgumentParser) -> str:
+    """One line for flags no argument has, with the nearest known spelling of each (`--no-dedupe` for
+    `--no_dedupe`, `--num_train_epochs` for `--num_train_epoch`)."""
+    import difflib
+
+    known = list(parser._option_string_actions)
+    hints = []
+    for flag in (u.split("=", 1)[0] for u in unknown if u.startswith("--")):
+        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
+        if close:
+            hints.append(f"{flag}: did you mean {close[0]}?")
+    return (
+        f"unrecognized arguments: {' '.join(unknown)}" + (f" ({'; '.join(hints)})" if hints else "") + " (see --help)"
+    )
 
 
 def _one_line_error(message: str):
