@@ -145,7 +145,9 @@ def _extract_and_verify(archive: bytes, url: str) -> bytes:
 
 
 def write_atomically(content: bytes, target: Path) -> None:
-    """Write to a temporary file beside `target` and rename: a reader never sees a partial file."""
+    """Write to a temporary file beside `target` and rename: a reader never sees a partial file. The file gets
+    the mode a plain `open()` would give it (0644 under the usual umask), not `mkstemp`'s private 0600: a
+    server running as another user, as in a container, must be able to read what a run wrote."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     try:
@@ -153,10 +155,34 @@ def write_atomically(content: bytes, target: Path) -> None:
             f.write(content)
             f.flush()
             os.fsync(f.fileno())
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it, as POSIX offers no other way, and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# A cell a spreadsheet would run as a formula when it starts with one of these (OWASP, "CSV Injection"); a
+# leading quote is escaped too, so that `from_csv_cell` gives back exactly the text that was written.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def csv_cell(text: str) -> str:
+    """A text as a CSV cell that no spreadsheet runs as a formula: a leading quote where it starts with one of
+    `FORMULA_STARTS` (shown as text by Excel, LibreOffice and Google Sheets)."""
+    return f"'{text}" if text.startswith(FORMULA_STARTS) else text
+
+
+def from_csv_cell(cell: str) -> str:
+    """The text `csv_cell` wrote."""
+    return cell[1:] if cell.startswith("'") else cell
 
 
 def obtain_data_file(

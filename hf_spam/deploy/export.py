@@ -253,7 +253,7 @@ def quantize_int8(source: Path, target: Path, blockwise: list[str] | tuple[str, 
 
 # Inner values a block of `MatMulNBits` shares one scale over. On the 8-layer SmolLM2 (1,035 test messages,
 # AMD Zen 4, two passes): blocks of 32, 64 and 128 all kept float32's accuracy; 128 was the fastest, 1.23x and
-# 1.13x the messages/s of the graph with these projections in float32 (README, "Deploy: ONNX and int8").
+# 1.13x the messages/s of the graph with these projections in float32 (docs/deploy.md, "Deploy: ONNX and int8").
 BLOCKWISE_INT8 = 128
 
 
@@ -275,7 +275,7 @@ def mlp_output_projections(path: Path, config) -> list[str]:
     """The MatMul/Gemm nodes of `path` whose weight takes the MLP's inner width back to the hidden width
     (`down_proj`, GPT-2's `mlp.c_proj`), found from the weights' shapes. Their input is the MLP's activation,
     whose few very large values leave the rest of a per-tensor uint8 quantization only a handful of levels:
-    per-tensor int8 there costs decoders most of the accuracy they lose, int8 in blocks does not (README,
+    per-tensor int8 there costs decoders most of the accuracy they lose, int8 in blocks does not (docs/deploy.md,
     "Deploy: ONNX and int8")."""
     import onnx
 

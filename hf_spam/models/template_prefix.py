@@ -6,7 +6,7 @@ depends on what follows them, so their keys and values in every layer are the sa
 `template_prefix` computes them once; `pooled_logits` then runs the layers on the rest of each row only, with
 the opening as the model's own `DynamicCache`, and reads the same logits as the full forward, up to rounding.
 The layers' work shrinks by the opening's share of the tokens: on the recommended 8-layer model, 9 of a median
-message's 34 (README, "Deploy: ONNX and int8").
+message's 34 (docs/deploy.md, "Deploy: ONNX and int8").
 
 The last opening id stays with the rest of the row, so that every row keeps at least one token of its own to
 read the logits at (a template with nothing after the message, an empty message). GPT-2 keeps its own fast

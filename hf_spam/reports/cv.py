@@ -38,7 +38,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from hf_spam.data.collection import DataReport, default_cache_dir, write_atomically
+from hf_spam.data.collection import DataReport, default_cache_dir, from_csv_cell, write_atomically
 from hf_spam.data.splits import distinct_rows, prepare_splits, read_data, source_arguments
 from hf_spam.evaluation.baseline import tfidf_classifier
 from hf_spam.evaluation.sentence_baseline import SENTENCE_MODEL, sentence_embeddings, sentence_model_dir
@@ -148,7 +148,7 @@ def read_probabilities(path: Path, test, classes: list[str]) -> np.ndarray:
     """The class probabilities `hf-spam train` wrote for its test split, checked against the split."""
     with open(path, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
-    if [row["text"] for row in rows] != list(test["text"]):
+    if [from_csv_cell(row["text"]) for row in rows] != list(test["text"]):
         raise RuntimeError(f"{path} does not hold this fold's test messages in order")
     return np.asarray([[float(row[f"p_{name}"]) for name in classes] for row in rows])
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from hf_spam.data.collection import write_atomically
+from hf_spam.data.collection import csv_cell, from_csv_cell, write_atomically
 from hf_spam.evaluation.cross_corpus import (
     budget_names,
     corpus_metrics,
@@ -36,9 +36,9 @@ def read_external_predictions(path: Path, classes: list[str]) -> dict:
     with open(path, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     return {
-        "texts": [row["text"] for row in rows],
-        "labels": [classes.index(row["label"]) for row in rows],
-        "files": [row["file"] for row in rows],
+        "texts": [from_csv_cell(row["text"]) for row in rows],
+        "labels": [classes.index(from_csv_cell(row["label"])) for row in rows],
+        "files": [from_csv_cell(row["file"]) for row in rows],
         "probabilities": {"model": [[float(row[f"p_{name}"]) for name in classes] for row in rows]},
     }
 
@@ -152,9 +152,8 @@ def write_external(cv_dir: Path, results: list[dict], summary: dict, names: dict
     for r in results:
         ext = r["external"]
         for i, (text, label, file) in enumerate(zip(ext["texts"], ext["labels"], ext["files"], strict=True)):
-            writer.writerow(
-                [text, "spam" if label else "ham", file, r["fold"], *(f"{odds[n][offset + i]:.10g}" for n in models)]
-            )
+            scores = (f"{odds[n][offset + i]:.10g}" for n in models)
+            writer.writerow([csv_cell(text), "spam" if label else "ham", csv_cell(file), r["fold"], *scores])
         offset += len(ext["texts"])
     write_atomically(f.getvalue().encode(), cv_dir / "external_scores.csv")
     curves = {names.get(n, n): (labels, odds[n]) for n in models}

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hf_spam.data.collection import write_atomically
+from hf_spam.data.collection import csv_cell, write_atomically
 from hf_spam.evaluation.metrics import FPR_BUDGETS, score_predictions, spam_log_odds, spam_score_metrics
 from hf_spam.evaluation.plots import plot_ranking, plot_score_histogram
 from hf_spam.evaluation.sentence_baseline import SENTENCE_MODEL
@@ -110,10 +110,11 @@ def write_outputs(cv_dir: Path, results: list[dict], folds: Folds, summary: dict
             if binary:
                 scores = [f"{r['probabilities'][n][i][target['spam']]:.8g}" for n in names]
                 odds = [f"{log_odds[n][i]:.10g}" for n in names]
-                writer.writerow([text, folds.classes[label], r["fold"], *scores, *odds])
+                writer.writerow([csv_cell(text), csv_cell(folds.classes[label]), r["fold"], *scores, *odds])
             else:
                 p = r["probabilities"]["model"][i]
-                writer.writerow([text, folds.classes[label], r["fold"], folds.classes[int(np.argmax(p))], *p])
+                predicted = csv_cell(folds.classes[int(np.argmax(p))])
+                writer.writerow([csv_cell(text), csv_cell(folds.classes[label]), r["fold"], predicted, *p])
     write_atomically(f.getvalue().encode(), cv_dir / "oof.csv")
     if binary:
         plot_oof(cv_dir, results, names, target["spam"], summary)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hf_spam.data.collection import write_atomically
+from hf_spam.data.collection import csv_cell, write_atomically
 from hf_spam.data.external import EvaluationSet, evaluation_set
 from hf_spam.evaluation.cross_corpus import corpus_metrics, errors_table, per_file_table, summary_table, worst_errors
 from hf_spam.evaluation.metrics import FPR_BUDGETS, spam_log_odds
@@ -143,7 +143,8 @@ def write_report(directory: Path, report: dict, data: EvaluationSet, odds: dict[
     writer.writerow(["text", "label", "file", *(f"{n}_log_odds" for n in odds)])
     for i, text in enumerate(data.texts):
         label = "spam" if data.labels[i] else "ham"
-        writer.writerow([text, label, data.files[data.source[i]], *(f"{odds[n][i]:.10g}" for n in odds)])
+        scores = (f"{odds[n][i]:.10g}" for n in odds)
+        writer.writerow([csv_cell(text), label, csv_cell(data.files[data.source[i]]), *scores])
     write_atomically(f.getvalue().encode(), directory / "eval_scores.csv")
     title = f"{report['model_dir']} on {', '.join(data.files)}"
     curves = {NAMES[n]: (data.labels, odds[n]) for n in odds}

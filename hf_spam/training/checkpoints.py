@@ -23,7 +23,7 @@ from safetensors import safe_open
 from transformers import TrainerCallback
 from transformers.trainer_pt_utils import safe_globals
 
-from hf_spam.data.collection import write_atomically
+from hf_spam.data.collection import current_umask, write_atomically
 from hf_spam.models.loading import REPLACED
 
 logger = logging.getLogger(__name__)
@@ -262,7 +262,10 @@ def publish(staging: Path, output_dir: Path) -> None:
     for name in names:
         if (output_dir / name).exists():
             (output_dir / name).replace(aside / name)
+    mode = 0o666 & ~current_umask()  # Transformers writes model.safetensors 0600; the rest of a run is 0644
     for name in names:
+        if (staging / name).is_file():
+            (staging / name).chmod(mode)
         (staging / name).replace(output_dir / name)
     staging.rmdir()  # the new set is whole from here on
     shutil.rmtree(aside)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hf_spam.data.collection import csv_cell
 from hf_spam.data.splits import SPLITS
 from hf_spam.deploy.classifier import classifier
 from hf_spam.deploy.spam_classifier import SpamClassifier
@@ -57,9 +58,8 @@ def write_predictions(path: Path, split, probabilities: np.ndarray, config, file
         )
         rows = zip(split["text"], split["label"], predicted, probabilities, origin, strict=True)
         for text, label, guess, row, file in rows:
-            writer.writerow(
-                [text, names[label], names[guess], *(f"{p:.8g}" for p in row), *([file] if file is not None else [])]
-            )
+            cells = [csv_cell(text), csv_cell(names[label]), csv_cell(names[guess]), *(f"{p:.8g}" for p in row)]
+            writer.writerow(cells + ([csv_cell(file)] if file is not None else []))
 
 
 def decision_threshold(model, tokenizer, validation, test, max_fpr: float) -> tuple[float, dict]:

@@ -73,6 +73,7 @@ from hf_spam.training.evaluate import (
 )
 from hf_spam.training.launch import check_launch, configure_logging, use_the_cores
 from hf_spam.training.layer_probe import auto_depth
+from hf_spam.training.output_lock import lock_output_dir, unlock_output_dir
 from hf_spam.training.trainer import SpamTrainer
 from hf_spam.training.trunk_cache import collate_trunk_states, frozen_prefix, trunk_features
 from hf_spam.training.trunk_tails import tail_for
@@ -108,7 +109,15 @@ def main(argv: list[str] | None = None) -> dict:
 
 def train(model_args, data_args, training_args, data: tuple | None = None) -> dict:
     """The run itself, from parsed arguments: data -> model -> trainer -> evaluate -> save/push. `data`: splits
-    already made (`(DatasetDict, DataReport)`, as `hf-spam cv` makes each fold's) instead of the data stage."""
+    already made (`(DatasetDict, DataReport)`, as `hf-spam cv` makes each fold's) instead of the data stage.
+    The output directory is this run's alone while it runs (`output_lock`)."""
+    try:
+        return run_stages(model_args, data_args, training_args, data)
+    finally:
+        unlock_output_dir(training_args.output_dir)
+
+
+def run_stages(model_args, data_args, training_args, data: tuple | None) -> dict:
     push_to_hub, hub_token = set_up(model_args, data_args, training_args)
     model_path, weights_source = resolve_base_model(model_args, training_args, data_args.data_cache_dir)
     resume = claim_output_dir(model_args, data_args, training_args)
@@ -248,6 +257,8 @@ def set_up(model_args, data_args, training_args) -> tuple[bool, str | None]:
 
 def claim_output_dir(model_args, data_args, training_args) -> str | None:
     """Make output_dir this run's (or refuse another run's in one line); the checkpoint to resume, if any."""
+    if training_args.should_save:  # the process that writes; the others of a launch only read
+        lock_output_dir(training_args.output_dir)
     prepare_output_dir(
         training_args.output_dir,
         run_settings(model_args, data_args, training_args),

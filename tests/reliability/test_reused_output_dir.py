@@ -117,3 +117,29 @@ def test_a_kill_in_the_middle_of_the_swap_is_refused_by_loaders_then_undone(tmp_
     assert {name: (out / name).read_bytes() for name in names} == before
     assert not (out / ".replaced").exists() and not (out / ".saving").exists()
     assert load_classifier(str(out))(["hi"])[0]["label"] in {"ham", "spam"}
+
+
+def test_a_second_run_into_a_directory_in_use_is_refused_naming_the_first(tmp_path, caplog):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from hf_spam.training.output_lock import lock_output_dir; "
+         f"lock_output_dir({str(out)!r}); print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert run([*TINY, "--output_dir", str(out)]) == 2
+        (line,) = errors(caplog)
+        assert f"output_dir {out} is in use by another run (pid {holder.pid} on " in line
+        assert not (out / "model.safetensors").exists() and not (out / RUN_RECORD).exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    caplog.clear()
+    # The killed run's lock file stays, but the kernel released its lock: the next run takes it over.
+    assert (out / ".hf_spam.lock").read_text()
+    assert run([*TINY, "--output_dir", str(out)]) == 0
+    assert any(f"took over the lock a stopped run left (pid {holder.pid}" in r.getMessage() for r in caplog.records)
