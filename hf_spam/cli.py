@@ -123,7 +123,11 @@ def serve_command(args: argparse.Namespace) -> int:
     from hf_spam.deploy.serve import serve
     from hf_spam.deploy.spam_classifier import naming_the_model
 
-    api_key = args.api_key or os.environ.get("HF_SPAM_API_KEY")
+    api_key = args.api_key if args.api_key is not None else os.environ.get("HF_SPAM_API_KEY")
+    if api_key is not None and not api_key.strip():
+        # `--api_key "$UNSET_VAR"` must not serve without a key: fail closed.
+        print("hf-spam serve: the API key is empty (an unset variable?); give a key, or leave it out", file=sys.stderr)
+        return 2
     if api_key is not None and not (api_key.isascii() and api_key.isprintable() and api_key.strip() == api_key):
         print("hf-spam serve: the API key must be printable ASCII with no spaces at its ends", file=sys.stderr)
         return 2
@@ -293,6 +297,13 @@ def add_serve_parser(sub) -> None:
         "--host", default="127.0.0.1", help="Address to listen on (default 127.0.0.1: this machine only)."
     )
     serve.add_argument("--port", type=port_number, default=8000)
+    serve.add_argument(
+        "--shutdown_grace_s",
+        type=positive_float,
+        default=20.0,
+        help="Seconds SIGTERM leaves requests in flight to finish before the server stops (default 20: inside "
+        "Kubernetes' 30 s grace period).",
+    )
     serve.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
     serve.add_argument("--dtype", choices=["float32", "bfloat16", "int8"], default="float32", help="As for predict.")
     serve.add_argument(

@@ -323,7 +323,7 @@ def test_health_and_info(server, saved):
         assert json.loads(response.read()) == {"status": "ok"}
     with urllib.request.urlopen(server.url + "/info") as response:
         info = json.loads(response.read())
-    assert info["labels"] == ["ham", "spam"] and info["backend"] == "torch" and info["model"] == saved
+    assert info["labels"] == ["ham", "spam"] and info["backend"] == "torch" and info["model"] == Path(saved).name
     assert info["threshold"] is None and info["limits"]["max_texts"] == 8
 
 

@@ -75,7 +75,9 @@ def test_requests_beyond_the_concurrency_limit_get_429_with_retry_after(saved): 
         statuses = [status for status, _ in results]
         assert set(statuses) == {200, 429} and 2 <= statuses.count(200) < 8, statuses
         assert all("limit of 2 requests" in body["error"] for status, body in results if status == 429)
-        request = urllib.request.Request(server.url + "/predict", data=b'{"inputs": "hi"}', method="POST")
+        request = urllib.request.Request(
+            server.url + "/predict", data=b'{"inputs": "hi"}', headers={"Content-Type": "application/json"}
+        )
         held = [pool.submit(post, server.url + "/predict", json.dumps({"inputs": m}).encode()) for m in "ab"]
         time.sleep(0.3)
         with pytest.raises(urllib.error.HTTPError) as err:
@@ -113,7 +115,9 @@ def test_slow_headers_and_slow_bodies_get_408_and_health_keeps_answering(saved):
     with Server(app, http=header_deadline_protocol(0.5)) as server:
         silent, trickling, slow_body = open_socket(server.port), open_socket(server.port), open_socket(server.port)
         trickling.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")
-        slow_body.sendall(b'POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"inputs"')
+        slow_body.sendall(
+            b'POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"inputs"'
+        )
         started = time.monotonic()
         for _ in range(3):  # held-open sockets do not starve the rest
             assert get(server.url + "/health")[0] == 200
@@ -140,7 +144,10 @@ def test_slow_headers_and_slow_bodies_get_408_and_health_keeps_answering(saved):
 def test_a_client_that_disconnects_mid_body_is_one_log_line(saved, caplog):  # noqa: F811
     with Server(create_app(saved)) as server, caplog.at_level(logging.WARNING):
         sock = open_socket(server.port)
-        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+            + b"x" * 10
+        )
         time.sleep(0.2)
         sock.close()
         deadline = time.monotonic() + 5

@@ -46,7 +46,9 @@ def parse_request(body: bytes, limits: Limits) -> tuple[list[str], bool, int | N
     except UnicodeDecodeError as err:
         raise RequestError(400, f"the body is not UTF-8 (byte {err.start})") from None
     try:
-        payload = json.loads(text)
+        payload = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+    except RequestError:
+        raise
     except json.JSONDecodeError as err:
         raise RequestError(400, f"the body is not JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
     except RecursionError:  # nesting deeper than Python's parser follows
@@ -55,7 +57,7 @@ def parse_request(body: bytes, limits: Limits) -> tuple[list[str], bool, int | N
         raise RequestError(400, f"the body holds a number too large: {err}") from None
     if not isinstance(payload, dict):
         raise RequestError(422, f"the body must be a JSON object with inputs, got {type(payload).__name__}")
-    unknown = sorted(set(payload) - {"inputs", "parameters", "options"})
+    unknown = sorted(set(payload) - {"inputs", "parameters"})
     if unknown:
         raise RequestError(422, f"unknown field {unknown[0]!r}; expected inputs and parameters", unknown[0])
     if "inputs" not in payload:
@@ -80,7 +82,9 @@ def parse_request(body: bytes, limits: Limits) -> tuple[list[str], bool, int | N
         except UnicodeEncodeError as err:  # a lone surrogate (JSON "\ud800"): valid JSON, not text
             message = f"{where}: not Unicode text (a lone surrogate at character {err.start})"
             raise RequestError(422, message, where) from None
-    parameters = payload.get("parameters") or {}
+    parameters = payload.get("parameters", {})
+    if parameters is None:
+        parameters = {}
     if not isinstance(parameters, dict):
         raise RequestError(422, f"parameters: expected an object, got {type(parameters).__name__}", "parameters")
     top_k = parameters.get("top_k")
@@ -95,6 +99,21 @@ def parse_request(body: bytes, limits: Limits) -> tuple[list[str], bool, int | N
     for name in sorted(set(parameters) - {"top_k", "function_to_apply"}):
         raise RequestError(422, f"unknown parameter {name!r}; expected top_k", f"parameters.{name}")
     return texts, single, top_k
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object whose keys are each given once: `{"inputs": "a", "inputs": ["b"]}` is ambiguous (parsers
+    disagree on which one wins), so it is refused rather than read one way here and another by a proxy."""
+    keys = [key for key, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise RequestError(400, f"the body is not valid JSON for this API: the key {key!r} is given twice", key)
+    return dict(pairs)
+
+
+def _no_constant(name: str):
+    """NaN and Infinity are not JSON (RFC 8259), though Python's parser takes them."""
+    raise RequestError(400, f"the body is not JSON: {name} is not a JSON value")
 
 
 def answers(predict, probabilities: np.ndarray, top_k: int | None) -> list[list[dict]]:

@@ -23,6 +23,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
@@ -153,10 +154,11 @@ def create_app(
     limits = limits or Limits()
     if predict is None:
         predict = load_classifier(model_dir, batch_size=batch_size, dtype=dtype, backend=backend, device="cpu")
+    check_servable(model_dir, predict, limits)
     batcher = MicroBatcher(predict, batch_wait_ms, max_batch_texts)
     info = model_info(model_dir, predict, backend, dtype, batch_wait_ms, max_batch_texts, limits)
     info["api_key_required"] = api_key is not None
-    expected = f"Bearer {api_key}".encode() if api_key is not None else None
+    expected = api_key.encode() if api_key is not None else None
     in_flight = 0
 
     @asynccontextmanager
@@ -165,13 +167,30 @@ def create_app(
         yield
         await batcher.stop()
 
-    app = FastAPI(title="hf_spam", version=info["hf_spam_version"], lifespan=lifespan)
+    # No /docs, /redoc or /openapi.json: they would be open without the key, and /docs loads its scripts from
+    # a CDN (a blank page offline).
+    app = FastAPI(
+        title="hf_spam", version=info["hf_spam_version"], lifespan=lifespan, docs_url=None, redoc_url=None,
+        openapi_url=None,
+    )  # fmt: skip
     app.state.batcher = batcher
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
 
     async def classify(request: Request):
         nonlocal in_flight
         if refused := unauthorized(request, expected):
             return refused
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            # A web page may send text/plain or a form to any address without asking first (no CORS preflight);
+            # application/json it may not: requiring it keeps other sites' pages from driving this server.
+            error = f"send the body as Content-Type: application/json, got {media_type or 'none'!r}"
+            return JSONResponse({"error": error, "field": "Content-Type"}, 415)
         if in_flight >= limits.max_concurrent_requests:
             error = f"the server is answering its limit of {limits.max_concurrent_requests} requests; retry shortly"
             return JSONResponse({"error": error}, 429, headers={"Retry-After": "1"})
@@ -209,8 +228,9 @@ def unauthorized(request, expected: bytes | None):
 
     if expected is None:
         return None
-    given = request.headers.get("authorization", "").encode("latin-1")
-    if hmac.compare_digest(given, expected):
+    # The scheme is case-insensitive (RFC 9110, 11.1): "bearer KEY" is the same credential as "Bearer KEY".
+    scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
+    if hmac.compare_digest(token.strip().encode("latin-1"), expected) and scheme.lower() == "bearer":
         return None
     error = "missing or wrong API key: send the header Authorization: Bearer <key>"
     return JSONResponse({"error": error}, 401, headers={"WWW-Authenticate": "Bearer"})
@@ -289,6 +309,41 @@ def header_deadline_protocol(header_timeout_s: float):
     return HeaderDeadlineProtocol
 
 
+# On every answer: no MIME sniffing, no framing by other sites, and the page's scripts its own.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+    "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def check_servable(model_dir, predict, limits) -> None:
+    """Refuse to start what could only fail or lie: a token limit above the model's context (longer texts would
+    be truncated, not refused), and a model that cannot classify one text (a missing tokenizer file, a bad
+    config value): `/health` must not say ok for a server whose every request would fail."""
+    from hf_spam.models.loading import model_context
+
+    context = model_context(predict.config)
+    if limits.max_input_tokens > context:
+        raise ValueError(
+            f"--max_input_tokens {limits.max_input_tokens:,} is above the model's context of {context:,} tokens, "
+            f"where longer texts would be truncated instead of refused; give at most {context:,}"
+        )
+    probe = "Is this model able to classify one message?"
+    if predict.tokenizer is not None and not predict.token_counts([probe])[0]:
+        raise ValueError(f"{model_dir}: its tokenizer turns text into no tokens (is tokenizer.json missing?)")
+    try:
+        probabilities = predict.predict_proba([probe])
+    except Exception as err:
+        raise ValueError(
+            f"{model_dir}: the model fails its self-test on one text: {type(err).__name__}: {err}"
+        ) from err
+    if probabilities.shape != (1, len(predict.config.id2label)):
+        raise ValueError(f"{model_dir}: the model's self-test gave probabilities of shape {probabilities.shape}")
+
+
 def model_info(model_dir, predict, backend, dtype, batch_wait_ms, max_batch_texts, limits) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -299,7 +354,7 @@ def model_info(model_dir, predict, backend, dtype, batch_wait_ms, max_batch_text
     summary = read_run_summary(model_dir)
     config = predict.config
     return {
-        "model": str(model_dir),
+        "model": Path(model_dir).name,  # never the local path: /info may be read from elsewhere
         "base_model": summary.get("base_model", {}).get("name"),
         "architecture": (config.architectures or [None])[0],
         "labels": [config.id2label[i] for i in sorted(config.id2label)],
@@ -344,7 +399,8 @@ def serve(args) -> int:
         host=args.host,
         port=args.port,
         log_level="warning",
-        timeout_graceful_shutdown=30,
+        # Kubernetes sends SIGKILL 30 s after SIGTERM by default: finish (or drop) what is in flight before it.
+        timeout_graceful_shutdown=args.shutdown_grace_s,
         http=header_deadline_protocol(limits.header_timeout_s),
     )
     uvicorn.Server(config).run()

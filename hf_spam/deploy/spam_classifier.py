@@ -79,6 +79,9 @@ class SpamClassifier:
         self, probabilities: Callable[[list[str]], np.ndarray] | None, config, tokenizer=None, threshold=None
     ):
         threshold = threshold if threshold is not None else getattr(config, "spam_threshold", None)
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+            # config.json is anyone's file: "0.5" or [0.5] must be one clear line, not a TypeError traceback.
+            raise ValueError(f"spam_threshold (config.json): a number in [0, 1], got {threshold!r}")
         spam = config.label2id.get("spam")
         if threshold is not None and (spam is None or len(config.id2label) != 2):
             labels = ", ".join(config.id2label[i] for i in sorted(config.id2label))
