@@ -36,3 +36,14 @@ def test_an_abbreviated_training_flag_is_an_error(tmp_path, capsys):
     argv = ["--config", str(ROOT / "configs" / "tiny.yaml"), "--num_train_epoch", "1"]
     assert train_run([*argv, "--output_dir", str(tmp_path / "out")]) == 2
     assert "unrecognized arguments: --num_train_epoch 1" in capsys.readouterr().err
+
+
+def test_training_into_a_pipe_writes_no_carriage_returns_and_says_where_it_saved(tmp_path):
+    out = tmp_path / "out"
+    argv = ["--config", str(ROOT / "configs" / "tiny.yaml"), "--num_train_epochs", "1", "--output_dir", str(out)]
+    result = subprocess.run(
+        [sys.executable, "-m", "hf_spam.cli", "train", *argv], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "\r" not in result.stdout and "\r" not in result.stderr
+    assert result.stdout.splitlines()[-1].startswith(f"saved to {out}; try: hf-spam predict --model {out} ")

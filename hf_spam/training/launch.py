@@ -79,3 +79,16 @@ def configure_logging() -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(logging.WARNING)
+
+
+def quiet_progress_bars(training_args) -> None:
+    """Progress bars on a terminal only: written to a file or a pipe, tqdm's carriage returns leave hundreds of
+    fragments in the log. `--disable_tqdm true` turns them off on a terminal too."""
+    import datasets
+    import transformers
+
+    if not sys.stderr.isatty():
+        training_args.disable_tqdm = True
+    if training_args.disable_tqdm:
+        transformers.utils.logging.disable_progress_bar()
+        datasets.disable_progress_bars()

@@ -71,7 +71,7 @@ from hf_spam.training.evaluate import (
     plot_external,
     write_predictions,
 )
-from hf_spam.training.launch import check_launch, configure_logging, use_the_cores
+from hf_spam.training.launch import check_launch, configure_logging, quiet_progress_bars, use_the_cores
 from hf_spam.training.layer_probe import auto_depth
 from hf_spam.training.output_lock import lock_output_dir, unlock_output_dir
 from hf_spam.training.trainer import SpamTrainer
@@ -223,6 +223,7 @@ def set_up(model_args, data_args, training_args) -> tuple[bool, str | None]:
     # hf_spam reports what it does (data source, cache, parameter counts) at INFO on the main process;
     # Transformers keeps its own level unless --log_level asks for another.
     configure_logging()
+    quiet_progress_bars(training_args)
     log_level = training_args.get_process_log_level()
     transformers.utils.logging.set_verbosity(log_level)
     logger.setLevel(logging.INFO if training_args.should_log and training_args.log_level == "passive" else log_level)
@@ -398,8 +399,21 @@ def save_run(trainer, model, tokenizer, card, summary: dict, probabilities, spli
     publish(staging, output_dir)
     print(metrics_table(results, report.classes))
     # The trained model in memory, not a reload of output_dir: a second copy would be the run's peak memory.
-    for text, prediction in zip(BOOK_EXAMPLES, classifier(model, tokenizer)(BOOK_EXAMPLES), strict=True):
+    examples = example_messages(splits["test"], report)
+    for text, prediction in zip(examples, classifier(model, tokenizer)(examples), strict=True):
         print(f"{prediction['label']:>4} {prediction['score']:.3f}  {text}")
+    print(f'saved to {output_dir}; try: hf-spam predict --model {output_dir} "{examples[0][:40]}"')
+
+
+def example_messages(test_split, report) -> list[str]:
+    """What the run ends by classifying: the book's two examples for ham/spam data, else the first test
+    message of each class (the book's examples mean nothing to another model's labels)."""
+    if report.is_binary:
+        return BOOK_EXAMPLES
+    first = {}
+    for text, label in zip(test_split["text"], test_split["label"], strict=True):
+        first.setdefault(label, text)
+    return [first[label] for label in sorted(first)]
 
 
 # The plots every run writes beside its model card, which embeds them.

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -144,7 +145,11 @@ def trunk_pass(
     starts = np.cumsum([0] + lengths).tolist()
     device = torch.device(device)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not logger.isEnabledFor(logging.INFO)):
+    for start in tqdm(
+        range(0, len(order), batch_size),
+        desc=desc,
+        disable=not (logger.isEnabledFor(logging.INFO) and sys.stderr.isatty()),
+    ):
         index = order[start : start + batch_size]
         width = max(lengths[i] for i in index)
         ids = torch.zeros(len(index), width, dtype=torch.long)
