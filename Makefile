@@ -9,7 +9,7 @@ CONFIG ?= configs/gpt2-small.yaml
 
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: install install-gemma train smoke test test-all lint format bench bench-quick clean
+.PHONY: install install-gemma train smoke test test-all lint format docs bench bench-quick clean
 
 install: $(STAMP)
 
@@ -43,6 +43,10 @@ test: install
 test-all: install
 	$(BIN)/python -m pytest $(XDIST)
 
+# The documentation as a site (mkdocs-material), into site/; `make test` builds it with --strict too.
+docs: install
+	$(BIN)/mkdocs build --strict --site-dir site
+
 bench: install
 	$(BIN)/hf-spam bench --output bench.json
 
@@ -58,4 +62,4 @@ format: install
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) outputs .pytest_cache site
