@@ -145,6 +145,7 @@ def test_use_the_cores_gives_a_launched_cpu_process_its_share(monkeypatch):
 def test_bare_accelerate_launch_uses_every_core_for_one_process(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     env["HF_SPAM_CACHE"] = str(tmp_path / "cache")
+    env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU launch: with a GPU visible, accelerate leaves OMP_NUM_THREADS unset
     command = [
         ACCELERATE, "launch", str(ROOT / "hf_spam" / "train.py"), "--config", str(ROOT / "configs" / "tiny.yaml"),
         "--max_steps", "1", "--eval_strategy", "no", "--save_strategy", "no", "--disable_tqdm", "true",

@@ -90,8 +90,8 @@ def test_bfloat16_on_a_cpu_that_would_emulate_it_says_so(saved, native, monkeypa
 
     monkeypatch.setattr(modeling, "cpu_has_bfloat16", lambda: native)
     with caplog.at_level("WARNING", logger="hf_spam.models.loading"):
-        load_classifier(saved, dtype="bfloat16")
-        load_classifier(saved)  # float32 never warns
+        load_classifier(saved, dtype="bfloat16", device="cpu")  # the CPU's warning: pinned there on a GPU host too
+        load_classifier(saved, device="cpu")  # float32 never warns
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == (0 if native else 1)
     assert native or "no bfloat16 instructions" in warnings[0] and warnings[0].startswith("Prediction in bfloat16")

@@ -107,7 +107,8 @@ def test_predict_gives_pipelines_scores_through_the_opening(templated, tmp_path,
     assert max(widths) == longest - 3
     # bfloat16 rounds every product to 8 bits of mantissa: the same model, not the same digits
     torch.testing.assert_close(got, expected, atol=1e-5 if dtype == "float32" else 0.05, rtol=0)
-    loaded = load_classifier(str(tmp_path), batch_size=4, dtype=dtype)  # as `hf-spam predict` loads it
+    # as `hf-spam predict` loads it, on the CPU as `model` is (a GPU's bfloat16 rounds otherwise)
+    loaded = load_classifier(str(tmp_path), batch_size=4, dtype=dtype, device="cpu")
     torch.testing.assert_close(torch.from_numpy(loaded.predict_proba(TEXTS)), got)
 
 

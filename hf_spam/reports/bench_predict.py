@@ -180,7 +180,10 @@ def matmul_rates(rows: int = 1600, inner: int = 768, columns: int = 3072, repeat
     feeds = {"x": x.numpy()}
     with tempfile.TemporaryDirectory(prefix="hf_spam_matmul_") as tmp:
         float_path, int8_path = Path(tmp) / "matmul.onnx", Path(tmp) / "matmul_int8.onnx"
-        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(float_path))
+        # IR version 10 (onnx 1.16): onnx's own default follows its release (14 in 1.23), newer than an older
+        # ONNX Runtime reads ("max supported IR version: 13" in 1.30).
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+        onnx.save(model, str(float_path))
         quantize_int8(float_path, int8_path)
         for name, path in (("onnxruntime_float32_gflops", float_path), ("onnxruntime_int8_gops", int8_path)):
             run = session(path).run
