@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from hf_spam.data.collection import parse_data_file
+from hf_spam.data.collection import from_csv_cell, parse_data_file
 from hf_spam.evaluation.metrics import recall_at_fpr, spam_log_odds, spam_score_metrics
 from hf_spam.reports.cv import main as cv_main
 from hf_spam.reports.cv import make_folds
@@ -42,8 +42,9 @@ def cv_run(tmp_path_factory, small_file):
 
 
 def read_oof(cv_dir):
+    """oof.csv's rows, their texts as written before escaping against spreadsheet formulas."""
     with open(cv_dir / "oof.csv", encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
+        return [{**row, "text": from_csv_cell(row["text"])} for row in csv.DictReader(f)]
 
 
 def test_folds_are_stratified_and_disjoint():

@@ -174,23 +174,12 @@ def create_app(
         openapi_url=None,
     )  # fmt: skip
     app.state.batcher = batcher
-
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        response = await call_next(request)
-        response.headers.update(SECURITY_HEADERS)
-        return response
+    app.middleware("http")(security_headers)
 
     async def classify(request: Request):
         nonlocal in_flight
-        if refused := unauthorized(request, expected):
+        if refused := unauthorized(request, expected) or not_json(request):
             return refused
-        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type != "application/json":
-            # A web page may send text/plain or a form to any address without asking first (no CORS preflight);
-            # application/json it may not: requiring it keeps other sites' pages from driving this server.
-            error = f"send the body as Content-Type: application/json, got {media_type or 'none'!r}"
-            return JSONResponse({"error": error, "field": "Content-Type"}, 415)
         if in_flight >= limits.max_concurrent_requests:
             error = f"the server is answering its limit of {limits.max_concurrent_requests} requests; retry shortly"
             return JSONResponse({"error": error}, 429, headers={"Retry-After": "1"})
@@ -219,6 +208,25 @@ def create_app(
         return PAGE.read_text(encoding="utf-8")
 
     return app
+
+
+async def security_headers(request, call_next):
+    response = await call_next(request)
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def not_json(request):
+    """None for a JSON body; else the 415 to answer. A web page may send text/plain or a form to any address
+    without asking first (no CORS preflight); application/json it may not: requiring it keeps other sites'
+    pages from driving this server."""
+    from fastapi.responses import JSONResponse
+
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type == "application/json":
+        return None
+    error = f"send the body as Content-Type: application/json, got {media_type or 'none'!r}"
+    return JSONResponse({"error": error, "field": "Content-Type"}, 415)
 
 
 def unauthorized(request, expected: bytes | None):

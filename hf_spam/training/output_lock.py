@@ -9,6 +9,7 @@ process that holds it, for the refusal's message.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -71,3 +72,17 @@ def _read_holder(fd: int) -> str:
         return f"pid {record['pid']} on {record['host']}, started {record['started']}"
     except (ValueError, TypeError, KeyError):
         return "unknown"
+
+
+def releases_output_dir(run):
+    """`run(model_args, data_args, training_args, ...)`, releasing the lock on `training_args.output_dir` that it
+    took, however it ends (a `hf-spam cv` process runs one fold after another)."""
+
+    @functools.wraps(run)
+    def wrapper(model_args, data_args, training_args, *args, **kwargs):
+        try:
+            return run(model_args, data_args, training_args, *args, **kwargs)
+        finally:
+            unlock_output_dir(training_args.output_dir)
+
+    return wrapper

@@ -73,7 +73,7 @@ from hf_spam.training.evaluate import (
 )
 from hf_spam.training.launch import check_launch, configure_logging, quiet_progress_bars, use_the_cores
 from hf_spam.training.layer_probe import auto_depth
-from hf_spam.training.output_lock import lock_output_dir, unlock_output_dir
+from hf_spam.training.output_lock import lock_output_dir, releases_output_dir
 from hf_spam.training.trainer import SpamTrainer
 from hf_spam.training.trunk_cache import collate_trunk_states, frozen_prefix, trunk_features
 from hf_spam.training.trunk_tails import tail_for
@@ -107,17 +107,10 @@ def main(argv: list[str] | None = None) -> dict:
         return train(*parse_args(["--config", fallback.config, *without_config(argv)]))
 
 
+@releases_output_dir
 def train(model_args, data_args, training_args, data: tuple | None = None) -> dict:
     """The run itself, from parsed arguments: data -> model -> trainer -> evaluate -> save/push. `data`: splits
-    already made (`(DatasetDict, DataReport)`, as `hf-spam cv` makes each fold's) instead of the data stage.
-    The output directory is this run's alone while it runs (`output_lock`)."""
-    try:
-        return run_stages(model_args, data_args, training_args, data)
-    finally:
-        unlock_output_dir(training_args.output_dir)
-
-
-def run_stages(model_args, data_args, training_args, data: tuple | None) -> dict:
+    already made (`(DatasetDict, DataReport)`, as `hf-spam cv` makes each fold's) instead of the data stage."""
     push_to_hub, hub_token = set_up(model_args, data_args, training_args)
     model_path, weights_source = resolve_base_model(model_args, training_args, data_args.data_cache_dir)
     resume = claim_output_dir(model_args, data_args, training_args)
@@ -125,8 +118,7 @@ def run_stages(model_args, data_args, training_args, data: tuple | None) -> dict
 
     # ---- data ----
     tokenizer = tokenizer_stage(model_args, model_path)
-    splits, held_out, report = data_stage(data_args, training_args, data)
-    external = external_stage(data_args, training_args.seed, splits, held_out, report)
+    splits, held_out, report, external = data_stage(data_args, training_args, data)
 
     # ---- model ----
     model, tokenized, max_length, depth_probe = model_stage(
@@ -164,20 +156,23 @@ def run_stages(model_args, data_args, training_args, data: tuple | None) -> dict
         model = merged_into_trainer(trainer, model, model_args.save_adapter)
 
     # ---- evaluate ----
-    results, probabilities = evaluate_run(
+    results, scores = evaluate_run(
         trainer, model, tokenizer, eval_features, orders, splits, held_out, report, external
     )
     base_model = {"name": model_args.model_name_or_path, "loaded_from": model_path, "source": weights_source}
     summary = run_summary(base_model, data_args, training_args, report, results, train_result, model, depth_probe)
 
     # ---- save / push ----
-    save_run(trainer, model, tokenizer, card, summary, probabilities, splits, report, external)
+    save_run(trainer, model, tokenizer, card, summary, scores, splits, report, external)
     if push_to_hub and trainer.is_world_process_zero():
-        url = push_output_dir(
-            training_args.output_dir, card.model_id, private=training_args.hub_private_repo, token=hub_token
-        )
-        logger.info("Pushed %s to %s", training_args.output_dir, url)
+        push_stage(training_args, card.model_id, hub_token)
     return summary
+
+
+def push_stage(training_args, repo_id: str, hub_token: str | None) -> None:
+    """The finished output directory to the Hub, once (Trainer's own push is switched off in `set_up`)."""
+    url = push_output_dir(training_args.output_dir, repo_id, private=training_args.hub_private_repo, token=hub_token)
+    logger.info("Pushed %s to %s", training_args.output_dir, url)
 
 
 def tokenizer_stage(model_args, model_path: str):
@@ -271,7 +266,8 @@ def claim_output_dir(model_args, data_args, training_args) -> str | None:
 
 
 def data_stage(data_args, training_args, data: tuple | None):
-    """The splits (train/validation/test), the held-out messages balancing left out, and the data report."""
+    """The splits (train/validation/test), the held-out messages balancing left out, the data report, and the
+    external messages (`external_stage`), if any."""
     if data is None:
         with training_args.main_process_first(desc="preparing the data"):
             data = load_splits(data_args, training_args.seed)
@@ -283,7 +279,7 @@ def data_stage(data_args, training_args, data: tuple | None):
             f"max_fpr sets a spam threshold, for ham/spam data; this data has {len(report.classes)} classes "
             f"({', '.join(report.classes)}): leave max_fpr out"
         )
-    return splits, held_out, report
+    return splits, held_out, report, external_stage(data_args, training_args.seed, splits, held_out, report)
 
 
 def external_stage(data_args, seed: int, splits, held_out, report) -> EvaluationSet | None:
