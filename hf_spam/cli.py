@@ -71,6 +71,13 @@ def predict_command(args: argparse.Namespace) -> int:
         lines = enumerate((t.encode("utf-8", "surrogateescape") for t in args.texts), start=1)
     else:
         lines = enumerate((line.removesuffix(b"\n").removesuffix(b"\r") for line in sys.stdin.buffer), start=1)
+    if not args.texts:
+        first = sys.stdin.buffer.peek(4)[:4] if hasattr(sys.stdin.buffer, "peek") else b""
+        if first.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in first:
+            # NUL-interleaved lines would otherwise be classified as text, one after another.
+            print("hf-spam predict: stdin is UTF-16 (a byte-order mark or NUL bytes); convert it to UTF-8, e.g. "
+                  "iconv -f UTF-16 -t UTF-8", file=sys.stderr)  # fmt: skip
+            return 2
     failed = False
     # Read in chunks so that a long stream is answered as it goes, in bounded memory.
     while chunk := list(itertools.islice(lines, args.chunk_size)):

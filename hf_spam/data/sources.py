@@ -130,6 +130,8 @@ def _read_file(path: str):
     if file.stat().st_size == 0:
         raise SourceError(f"{path}: the file is empty")
     builder, options = kind
+    if builder in ("csv", "json"):
+        check_utf8(file)
     try:
         dataset = load_dataset(builder, data_files=str(file), split="train", **options)
     except Exception as err:  # pandas, pyarrow and json parsers each raise their own types
@@ -140,6 +142,37 @@ def _read_file(path: str):
     if len(dataset) == 0:
         raise SourceError(f"{path}: no messages in it (a header, but no rows)")
     return dataset
+
+
+def check_utf8(path: Path) -> None:
+    """Text files must be UTF-8: say which encoding it looks like and where it breaks, not a reader's
+    "An error occurred while generating the dataset"."""
+    import codecs
+
+    with open(path, "rb") as f:
+        head = f.read(4)
+        for bom, name in ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+                          (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16")):  # fmt: skip
+            if head.startswith(bom):
+                raise SourceError(f"{path}: the file is {name} (it starts with a byte-order mark); save it as UTF-8")
+        f.seek(0)
+        if b"\x00" in f.read(1 << 16):
+            raise SourceError(
+                f"{path}: the file holds NUL bytes, as UTF-16 without a byte-order mark does; save it as UTF-8"
+            )
+        f.seek(0)
+        decoder, line, offset = codecs.getincrementaldecoder("utf-8")(), 1, 0
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                line += chunk[: err.start].count(b"\n")
+                raise SourceError(
+                    f"{path}: line {line}: not UTF-8 (byte {offset + err.start}); it looks like a legacy encoding "
+                    "such as cp1252 or latin-1: save it as UTF-8"
+                ) from None
+            line += chunk.count(b"\n")
+            offset += len(chunk)
 
 
 def _column(columns: list[str], chosen: str | None, candidates: tuple[str, ...], option: str, where: str) -> str:
