@@ -40,6 +40,7 @@ DATA = DataReport(
     rows=5574,
     labels={"ham": 4827, "spam": 747},
     duplicates_removed=403,
+    held_out={"ham": 3865, "spam": 0},
     splits={"train": 914, "validation": 130, "test": 262},
     split_labels={
         "train": {"ham": 457, "spam": 457},
@@ -125,7 +126,7 @@ def test_card_tells_the_run_in_order_with_its_numbers(card):
         "[CC BY 4.0](https://creativecommons.org/licenses/by/4.0/)",
         "Preprocessing, every random step seeded with 123:",
         "1. Exact duplicate texts removed: 403 messages",
-        "2. Balanced by undersampling ham",
+        "2. Balanced by undersampling ham (leaving out 3,865) to the size of the smallest class",
         "| train | 914 | 457 | 457 |\n| validation | 130 | 65 | 65 |\n| test | 262 | 131 | 131 |",
         "truncated to 1024 tokens, each batch padded to its longest message (`padding: longest`)",
         "## Training procedure",
@@ -191,7 +192,7 @@ def test_random_init_card_names_no_base_model(card, tmp_path):
     assert "No pretrained weights were used" in text and "initial random values" in text
     # No Hub id: the card names itself and its usage snippet after the output directory.
     assert "# gpt2-small\n" in text
-    assert 'pipeline("text-classification", model="outputs/gpt2-small")' in text
+    assert 'pipeline("text-classification", model="gpt2-small")' in text  # the name, not the local path
 
 
 def test_card_of_a_gguf_model_says_where_its_weights_came_from_and_their_license(card):

@@ -39,6 +39,7 @@ TEMPLATE_PATH = resources.files("hf_spam") / "templates" / "model_card.md"
 DATASET_ID = "ucirvine/sms_spam"
 METRICS = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "f1": "F1"}
 TAGS = ["text-classification", "spam-detection", "sms", "hf_spam"]
+BOOK_EXAMPLE = "You are a winner you have been specially selected to receive $1000 cash or a $2000 award."
 POOLING_WORDS = {
     "last": "the last real token",
     "first": "the first token",
@@ -276,7 +277,14 @@ def card_metadata(data: SpamModelCardData) -> ModelCardData:
         license=data.license,
         library_name="transformers",
         pipeline_tag="text-classification",
-        tags=[*TAGS[:3], data.model_type, *TAGS[3:]],
+        # spam-detection for a ham/spam model, sms for the SMS collection: a 3-class model of one's own is neither.
+        tags=[
+            TAGS[0],
+            *(["spam-detection"] if data.is_binary else []),
+            *(["sms"] if data.is_sms_spam_collection else []),
+            data.model_type,
+            TAGS[3],
+        ],  # fmt: skip
         base_model=data.base_model_id,
         datasets=[DATASET_ID] if data.is_sms_spam_collection else None,
         metrics=list(METRICS),
@@ -323,7 +331,13 @@ def render_model_card(data: SpamModelCardData) -> str:
         if "natural_rate" in data.metrics
         else labels.get("spam", 0) / max(sum(labels.values()), 1),
         natural_precision=natural_precision(data),
-        model_path=data.model_id or data.output_dir,
+        # The repo id once pushed; else the directory's name, never a local absolute path.
+        model_path=data.model_id or Path(data.output_dir).name,
+        data_files=", ".join(
+            f"{part.split(': ', 1)[0]}: {Path(part.split(': ', 1)[-1]).name}" for part in data.data["path"].split(", ")
+        ),
+        balanced_away={name: count for name, count in data.data.get("held_out", {}).items() if count},
+        example=BOOK_EXAMPLE if data.is_binary else "Your message here",
         splits=[split for split in ("train", "validation", "test") if split in data.metrics],
         POOLING_WORDS=POOLING_WORDS,
     )

@@ -163,10 +163,10 @@ def metrics_table(results: dict[str, dict], classes: list[str] | None = None) ->
         low, high = n["false_positive_rate_95ci"]
         precision = "n/a" if n["precision"] is None else f"{n['precision']:.4f}"
         lines.append(
-            f"at the data's spam rate ({n['spam_rate']:.1%}), from {n['unseen_ham']:,} unseen ham (test + "
-            f"{results['held_out']['examples']:,} held out) and {n['unseen_spam']:,} unseen spam: false-positive "
-            f"rate {n['false_positive_rate']:.4f} (95% CI {low:.4f}-{high:.4f}), precision {precision}, "
-            f"recall {n['recall']:.4f}"
+            f"at the data's spam rate ({n['spam_rate']:.1%}), from {n['unseen_ham']:,} unseen ham and "
+            f"{n['unseen_spam']:,} unseen spam (the test split and the {results['held_out']['examples']:,} "
+            f"messages balancing left out): false-positive rate {n['false_positive_rate']:.4f} (95% CI "
+            f"{low:.4f}-{high:.4f}), precision {precision}, recall {n['recall']:.4f}"
         )
     if "external" in results:
         lines += external_lines(results["external"])
