@@ -305,6 +305,12 @@ def add_serve_parser(sub) -> None:
     )
     serve.add_argument("--port", type=port_number, default=8000)
     serve.add_argument(
+        "--access_log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="One line per request on stderr: method, path, status, ms, texts, tokens (never a message's text).",
+    )
+    serve.add_argument(
         "--shutdown_grace_s",
         type=positive_float,
         default=20.0,

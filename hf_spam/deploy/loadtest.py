@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -47,8 +48,10 @@ def free_port() -> int:
 def start_server(model_dir: str, extra: list[str], backend: str, dtype: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
     command = [sys.executable, "-m", "hf_spam.cli", "serve", "--model", model_dir, "--port", str(port)]
+    # Its stderr (the access log: a line a request) goes to a file: an undrained pipe would fill and stop it.
+    log = tempfile.TemporaryFile()
     process = subprocess.Popen(
-        [*command, "--backend", backend, "--dtype", dtype, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [*command, "--backend", backend, "--dtype", dtype, *extra], stdout=subprocess.DEVNULL, stderr=log
     )
     deadline = time.monotonic() + 300
     while True:
@@ -61,7 +64,8 @@ def start_server(model_dir: str, extra: list[str], backend: str, dtype: str) -> 
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            raise RuntimeError(f"the server did not start: {process.stderr.read().decode()[-2000:]}")
+            log.seek(0)
+            raise RuntimeError(f"the server did not start: {log.read().decode(errors='replace')[-2000:]}")
         time.sleep(0.2)
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hf_spam.deploy.observe import ACCESS, ServerMetrics, observing
 from hf_spam.deploy.requests import ClientGone, Limits, RequestError, answers, check_tokens, parse_request, read_body
 from hf_spam.deploy.spam_classifier import read_run_summary
 
@@ -54,6 +55,7 @@ class MicroBatcher:
         self.task: asyncio.Task | None = None
         self.batches = 0
         self.arriving = 0
+        self.on_batch = None  # called with each model call's number of texts (the server's metrics)
 
     @contextmanager
     def arrival(self):
@@ -109,6 +111,8 @@ class MicroBatcher:
                     await self._one(item, future)
                 continue
             self.batches += 1
+            if self.on_batch is not None:
+                self.on_batch(len(texts))
             start = 0
             for item, future in batch:
                 if not future.done():
@@ -124,6 +128,8 @@ class MicroBatcher:
                 future.set_exception(err)
             return
         self.batches += 1
+        if self.on_batch is not None:
+            self.on_batch(len(texts))
         if not future.done():
             future.set_result(result)
 
@@ -138,6 +144,7 @@ def create_app(
     limits: Limits | None = None,
     predict=None,
     api_key: str | None = None,
+    access_log: bool = True,
 ):
     """The FastAPI application; `predict` (a `SpamClassifier`) is loaded from `model_dir` if not given.
 
@@ -147,7 +154,7 @@ def create_app(
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.responses import JSONResponse
 
     from hf_spam.deploy.classifier import load_classifier
 
@@ -156,6 +163,9 @@ def create_app(
         predict = load_classifier(model_dir, batch_size=batch_size, dtype=dtype, backend=backend, device="cpu")
     check_servable(model_dir, predict, limits)
     batcher = MicroBatcher(predict, batch_wait_ms, max_batch_texts)
+    metrics = ServerMetrics()
+    batcher.on_batch = metrics.batch_texts.observe
+    metrics.queued.set_function(lambda: batcher.queue.qsize() if batcher.queue is not None else 0)
     info = model_info(model_dir, predict, backend, dtype, batch_wait_ms, max_batch_texts, limits)
     info["api_key_required"] = api_key is not None
     expected = api_key.encode() if api_key is not None else None
@@ -175,6 +185,8 @@ def create_app(
     )  # fmt: skip
     app.state.batcher = batcher
     app.middleware("http")(security_headers)
+    app.middleware("http")(observing(metrics, access_log))
+    app.state.metrics = metrics
 
     async def classify(request: Request):
         nonlocal in_flight
@@ -192,6 +204,15 @@ def create_app(
     app.post("/")(classify)
     app.post("/predict")(classify)
 
+    add_status_routes(app, batcher, info, metrics, expected)
+    return app
+
+
+def add_status_routes(app, batcher: MicroBatcher, info: dict, metrics: ServerMetrics, expected: bytes | None) -> None:
+    """`GET /health` (open, for load balancers), `/info` and `/metrics` (behind the key, if any), and the page."""
+    from fastapi import Request
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+
     @app.get("/health")
     async def health():
         # A server whose batching loop has died would accept requests and answer none: say so to the balancer.
@@ -203,11 +224,14 @@ def create_app(
     async def get_info(request: Request):
         return unauthorized(request, expected) or info
 
+    @app.get("/metrics")
+    async def get_metrics(request: Request):
+        body, media_type = metrics.exposition()
+        return unauthorized(request, expected) or Response(body, media_type=media_type)
+
     @app.get("/", response_class=HTMLResponse)
     async def page():
         return PAGE.read_text(encoding="utf-8")
-
-    return app
 
 
 async def security_headers(request, call_next):
@@ -253,7 +277,8 @@ async def answer(request, predict, batcher: MicroBatcher, limits: Limits):
         with batcher.arrival():
             body = await read_body(request, limits)
             texts, single, top_k = parse_request(body, limits)
-            await check_tokens(predict, texts, single, limits.max_input_tokens)
+            request.state.texts = len(texts)
+            request.state.tokens = await check_tokens(predict, texts, single, limits.max_input_tokens)
     except RequestError as err:
         headers = {"Connection": "close"} if err.status == 408 else None
         return JSONResponse({"error": str(err), "field": err.field}, status_code=err.status, headers=headers)
@@ -398,8 +423,16 @@ def serve(args) -> int:
         max_batch_texts=args.max_batch_texts,
         limits=limits,
         api_key=api_key,
+        access_log=args.access_log,
     )
-    logger.info("Serving %s on http://%s:%d (backend %s)", args.model, args.host, args.port, args.backend)
+    if args.access_log:  # uvicorn's own access log is off (log_level warning): ours names texts and tokens, no text
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        ACCESS.addHandler(handler)
+        ACCESS.setLevel(logging.INFO)
+    logger.info(
+        "Serving %s on http://%s:%d (backend %s, %s)", args.model, args.host, args.port, args.backend, args.dtype
+    )
     if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("Serving on %s without an API key: anyone who reaches it may use it (--api_key)", args.host)
     config = uvicorn.Config(
