@@ -38,7 +38,7 @@ def cv_run(tmp_path_factory, small_file):
     out = tmp_path_factory.mktemp("cv")
     argv = [*TINY, "--data_file", str(small_file[0]), "--output_dir", str(out / "recipe"), "--folds", "3"]
     assert cv_main(argv) == 0
-    return out / "recipe-cv", argv
+    return out / "recipe", argv  # --output_dir as given
 
 
 def read_oof(cv_dir):
@@ -189,3 +189,11 @@ def test_confident_scores_are_ranked_by_log_odds_not_rounded_probabilities():
     assert metrics["average_precision"] == pytest.approx(1.0)
     assert metrics["accuracy"] == pytest.approx(0.8)  # the ham at margin 18 is flagged at p >= 0.5
     assert spam_log_odds(probabilities, 1)[0] == pytest.approx(40.0, abs=1e-3)
+
+
+def test_the_output_dir_is_honoured_as_given_and_the_configs_gets_cv_appended():
+    from hf_spam.reports.cv import cv_directory
+
+    assert str(cv_directory(["--config", "c.yaml", "--output_dir", "runs/x"], "runs/x")) == "runs/x"
+    assert str(cv_directory(["--config", "c.yaml", "--output_dir=runs/x"], "runs/x")) == "runs/x"
+    assert str(cv_directory(["--config", "c.yaml"], "outputs/recommended/")) == "outputs/recommended-cv"

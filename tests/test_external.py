@@ -184,13 +184,13 @@ def test_cv_scores_each_folds_model_and_the_baselines_on_the_external_files(tmp_
     out = tmp_path / "recipe"
     argv = [*TINY, "--output_dir", str(out), "--folds", "2", "--external", *hand_made, "--no-baselines"]
     assert cv_main(argv) == 0
-    cv = json.loads((tmp_path / "recipe-cv" / "cv.json").read_text())
+    cv = json.loads((tmp_path / "recipe" / "cv.json").read_text())
     external = cv["external"]
     assert external["messages"] == {"a.csv": {"ham": 10, "spam": 3}, "b.csv": {"ham": 10, "spam": 2}}
     assert set(external["models"]) == {"model"} and len(external["models"]["model"]["per_fold"]) == 2
-    with open(tmp_path / "recipe-cv" / "external_scores.csv", encoding="utf-8", newline="") as f:
+    with open(tmp_path / "recipe" / "external_scores.csv", encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * 25 and {r["fold"] for r in rows} == {"1", "2"}
-    md = (tmp_path / "recipe-cv" / "cv.md").read_text()
+    md = (tmp_path / "recipe" / "cv.md").read_text()
     assert "External messages (evaluation only, never trained on)" in md and "external_pr_roc.png" in md
-    assert "pr_roc.png" in md and (tmp_path / "recipe-cv" / "pr_roc.png").exists()
+    assert "pr_roc.png" in md and (tmp_path / "recipe" / "pr_roc.png").exists()

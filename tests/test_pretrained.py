@@ -147,10 +147,12 @@ def test_a_cached_or_local_model_never_asks_the_hub(tiny_llama, tmp_path, monkey
 def test_a_fallback_run_trains_and_says_which_base_model(tiny_llama, tmp_path, monkeypatch):
     monkeypatch.setattr(base_model, "hub_reachable", lambda: False)
     out = tmp_path / "outputs" / "gpt2-small"
+    external = tmp_path / "external.csv"  # the config's 14,229 external messages would take minutes here
+    external.write_text("text,label\nWIN a free cruise now,spam\nsee you at 5,ham\n")
     summary = train.main(
         ["--config", str(ROOT / "configs" / "gpt2-small.yaml"), "--offline_fallback", str(tiny_llama),
          "--output_dir", str(out), "--max_steps", "3", "--save_strategy", "no", "--report_to", "none",
-         "--disable_tqdm", "true", "--learning_rate", "1e-3"]
+         "--disable_tqdm", "true", "--learning_rate", "1e-3", "--external_files", str(external)]
     )  # fmt: skip
     trained = tmp_path / "outputs" / "tiny-llama"
     assert not out.exists() and (trained / "model.safetensors").is_file()

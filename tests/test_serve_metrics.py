@@ -46,7 +46,10 @@ def test_metrics_count_what_the_load_test_reports(saved):  # noqa: F811
     assert total(found, "hf_spam_requests_total", route="/predict", status="200") == answered
     assert total(found, "hf_spam_rejected_requests_total") == report["poisoned"]["answered_4xx"]
     assert total(found, "hf_spam_batch_texts_sum") == answered  # one text each, however they were gathered
-    assert total(found, "hf_spam_request_duration_seconds_count", route="/predict") == answered + report["poisoned"]["requests"]
+    assert (
+        total(found, "hf_spam_request_duration_seconds_count", route="/predict")
+        == answered + report["poisoned"]["requests"]
+    )
     assert ("hf_spam_requests_in_flight", ()) in found and ("hf_spam_queue_depth", ()) in found
 
 
@@ -55,7 +58,9 @@ def test_metrics_need_the_key_when_the_server_has_one(saved):  # noqa: F811
         with pytest.raises(urllib.error.HTTPError) as err:
             samples(server.url)
         assert err.value.code == 401
-        assert total(samples(server.url, {"Authorization": "Bearer k"}), "hf_spam_requests_total", route="/metrics") >= 1
+        assert (
+            total(samples(server.url, {"Authorization": "Bearer k"}), "hf_spam_requests_total", route="/metrics") >= 1
+        )
 
 
 def test_one_access_line_per_request_without_the_messages_text(saved, caplog):  # noqa: F811

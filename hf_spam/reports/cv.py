@@ -2,12 +2,14 @@
 spam rate, with the TF-IDF and sentence-embedding baselines on the same folds.
 
     hf-spam cv --config configs/recommended.yaml                   # 5 folds, into outputs/recommended-cv
+    hf-spam cv --config configs/recommended.yaml --output_dir runs/cv1               # into runs/cv1, as given
     hf-spam cv --config configs/smollm2-135m.yaml --folds 10 --learning_rate 1.0e-4
 
 Duplicates are removed first, so no text is in two folds. Each fold is tested on its own messages; its
 validation split is carved (stratified) from the other folds, and balancing and class weights apply to the
 training rows only, as the config says. Every fold is a `hf-spam train` run on those splits, its log in
-`fold-K/train.log`. The output directory is the recipe's `output_dir` with `-cv` appended:
+`fold-K/train.log`. The output directory is `--output_dir` as given, else the config's `output_dir` with `-cv`
+appended (the config's own `output_dir` is where `hf-spam train` puts the recipe's model):
 
     oof.csv    every message once: text, label, fold, the recipe's out-of-fold spam score, and the baselines'
     cv.json    per fold and pooled: accuracy, precision, recall, F1, average precision, ROC AUC and recall at
@@ -227,7 +229,7 @@ def cross_validate(
         argv += ["--external_max_ham", str(external_max_ham)] if external_max_ham else []
     model_args, data_args, training_args = parse_args(argv)
     seed = training_args.seed
-    cv_dir = Path(f"{training_args.output_dir.rstrip('/')}-cv")
+    cv_dir = cv_directory(argv, training_args.output_dir)
     given, report = read_data(balance=data_args.balance, **source_arguments(data_args))
     texts, labels = distinct_rows(given, report)
     folds = make_folds(texts, labels, report.classes, n_folds, seed)
@@ -297,6 +299,14 @@ def sentence_vectors(texts: list[str], digest: str, wanted: bool) -> dict[str, n
         np.save(buffer, vectors)
         write_atomically(buffer.getvalue(), path)
     return dict(zip(texts, vectors, strict=True))
+
+
+def cv_directory(argv: list[str], output_dir: str) -> Path:
+    """Where the cross-validation goes: `--output_dir` as given on the command line; else the config's
+    `output_dir` (where `hf-spam train` puts the recipe's model) with `-cv` appended, so the two never mix."""
+    if any(a == "--output_dir" or a.startswith("--output_dir=") for a in argv):
+        return Path(output_dir)
+    return Path(f"{output_dir.rstrip('/')}-cv")
 
 
 def external_embedder(embeddings: dict | None, texts: list[str], wanted: bool):
