@@ -129,3 +129,61 @@ def test_an_empty_api_key_is_refused_not_served_open(saved, monkeypatch, capsys)
     assert "the API key is empty" in capsys.readouterr().err
     monkeypatch.setenv("HF_SPAM_API_KEY", "  ")
     assert cli_main(["serve", "--model", saved, "--port", "1"]) == 2
+
+
+def closed_after_answer(url: str, request: bytes, seconds: float = 5.0) -> tuple[bytes, bool]:
+    """Send `request` on a raw connection; the answer's first line, and whether the server then closed it."""
+    import socket
+    import time
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=seconds) as sock:
+        sock.sendall(request)
+        answer, deadline = b"", time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                return answer.split(b"\r\n")[0], False
+            if not chunk:
+                return answer.split(b"\r\n")[0], True
+            answer += chunk
+        return answer.split(b"\r\n")[0], False
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n",
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n",
+    ],
+)
+def test_a_declared_body_nobody_reads_closes_the_connection_after_the_answer(keyed, head):
+    first, closed = closed_after_answer(keyed.url, head + b"x")  # then the client would trickle the rest
+    assert first.split()[1] in (b"401", b"404", b"200") and closed, first
+
+
+def test_slow_bodies_hold_no_slot_while_they_trickle(saved):  # noqa: F811
+    import socket
+    import time
+
+    limits = Limits(max_concurrent_requests=2, body_timeout_s=8.0)
+    with Server(create_app(saved, limits=limits)) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        trickling = []
+        for _ in range(6):  # three times the slots, each body still arriving
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n{"
+            )
+            trickling.append(sock)
+        time.sleep(0.5)
+        try:
+            statuses = [
+                post(server.url + "/predict", json.dumps({"inputs": "are we still on?"}).encode())[0] for _ in range(5)
+            ]
+        finally:
+            for sock in trickling:
+                sock.close()
+    assert statuses == [200] * 5

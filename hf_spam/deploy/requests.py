@@ -139,6 +139,7 @@ async def read_body(request, limits: Limits) -> bytes:
 
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
+        await drain(request, limits)
         raise RequestError(413, f"the body is {int(declared):,} bytes; at most {limits.max_body_bytes:,}")
     chunks, size = [], 0
     try:
@@ -146,6 +147,7 @@ async def read_body(request, limits: Limits) -> bytes:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limits.max_body_bytes:
+                    await drain(request, limits)
                     raise RequestError(413, f"the body is over {limits.max_body_bytes:,} bytes")
                 chunks.append(chunk)
     except TimeoutError:
@@ -154,6 +156,25 @@ async def read_body(request, limits: Limits) -> bytes:
         client = f"{request.client[0]}:{request.client[1]}" if request.client else "a client"
         raise ClientGone(f"{client} disconnected after {size:,} of {declared or '?'} body bytes") from None
     return b"".join(chunks)
+
+
+# A refused body is read and discarded up to this many bytes and seconds before the answer (and the connection
+# is then closed): a client still sending it gets its 413 instead of a reset; a client trickling it is cut.
+DRAIN_BYTES, DRAIN_SECONDS = 16_000_000, 2.0
+
+
+async def drain(request, limits: Limits) -> None:
+    from starlette.requests import ClientDisconnect
+
+    size = 0
+    try:
+        async with asyncio.timeout(min(DRAIN_SECONDS, limits.body_timeout_s)):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > DRAIN_BYTES:
+                    return
+    except (TimeoutError, ClientDisconnect, RuntimeError):  # RuntimeError: the stream was read already
+        return
 
 
 # Up to this many characters a request's texts are tokenized on the event loop: about 0.25 ms of work, where

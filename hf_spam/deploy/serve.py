@@ -18,7 +18,6 @@ request that finds the model idle waits only for those already being read, so a 
 # No `from __future__ import annotations`: FastAPI reads the `Request` annotation of handlers made inside
 # create_app at run time, where a string could not be resolved (fastapi is imported there, as an extra).
 import asyncio
-import hmac
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hf_spam.deploy.guards import Slots, not_json, security_headers, unauthorized
 from hf_spam.deploy.observe import ACCESS, ServerMetrics, observing
 from hf_spam.deploy.requests import ClientGone, Limits, RequestError, answers, check_tokens, parse_request, read_body
 from hf_spam.deploy.spam_classifier import read_run_summary
@@ -154,7 +154,6 @@ def create_app(
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
 
     from hf_spam.deploy.classifier import load_classifier
 
@@ -169,7 +168,6 @@ def create_app(
     info = model_info(model_dir, predict, backend, dtype, batch_wait_ms, max_batch_texts, limits)
     info["api_key_required"] = api_key is not None
     expected = api_key.encode() if api_key is not None else None
-    in_flight = 0
 
     @asynccontextmanager
     async def lifespan(app):
@@ -188,18 +186,14 @@ def create_app(
     app.middleware("http")(observing(metrics, access_log))
     app.state.metrics = metrics
 
+    slots = Slots(limits.max_concurrent_requests)
+
     async def classify(request: Request):
-        nonlocal in_flight
-        if refused := unauthorized(request, expected) or not_json(request):
-            return refused
-        if in_flight >= limits.max_concurrent_requests:
-            error = f"the server is answering its limit of {limits.max_concurrent_requests} requests; retry shortly"
-            return JSONResponse({"error": error}, 429, headers={"Retry-After": "1"})
-        in_flight += 1
-        try:
-            return await answer(request, predict, batcher, limits)
-        finally:
-            in_flight -= 1
+        return (
+            unauthorized(request, expected)
+            or not_json(request)
+            or await answer(request, predict, batcher, slots, limits)
+        )
 
     app.post("/")(classify)
     app.post("/predict")(classify)
@@ -234,43 +228,9 @@ def add_status_routes(app, batcher: MicroBatcher, info: dict, metrics: ServerMet
         return PAGE.read_text(encoding="utf-8")
 
 
-async def security_headers(request, call_next):
-    response = await call_next(request)
-    response.headers.update(SECURITY_HEADERS)
-    return response
-
-
-def not_json(request):
-    """None for a JSON body; else the 415 to answer. A web page may send text/plain or a form to any address
-    without asking first (no CORS preflight); application/json it may not: requiring it keeps other sites'
-    pages from driving this server."""
-    from fastapi.responses import JSONResponse
-
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type == "application/json":
-        return None
-    error = f"send the body as Content-Type: application/json, got {media_type or 'none'!r}"
-    return JSONResponse({"error": error, "field": "Content-Type"}, 415)
-
-
-def unauthorized(request, expected: bytes | None):
-    """None when the request may go on; else the 401 to answer. The key is compared in constant time: the
-    answer's timing tells nothing of it."""
-    from fastapi.responses import JSONResponse
-
-    if expected is None:
-        return None
-    # The scheme is case-insensitive (RFC 9110, 11.1): "bearer KEY" is the same credential as "Bearer KEY".
-    scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
-    if hmac.compare_digest(token.strip().encode("latin-1"), expected) and scheme.lower() == "bearer":
-        return None
-    error = "missing or wrong API key: send the header Authorization: Bearer <key>"
-    return JSONResponse({"error": error}, 401, headers={"WWW-Authenticate": "Bearer"})
-
-
-async def answer(request, predict, batcher: MicroBatcher, limits: Limits):
+async def answer(request, predict, batcher: MicroBatcher, slots: Slots, limits: Limits):
     """One classification request: read and check it (a 4xx naming the field), classify its texts with the
-    others gathered, answer in the Inference API's shape."""
+    others gathered, within a slot, answer in the Inference API's shape."""
     from fastapi.responses import JSONResponse
 
     try:
@@ -279,12 +239,19 @@ async def answer(request, predict, batcher: MicroBatcher, limits: Limits):
             texts, single, top_k = parse_request(body, limits)
             request.state.texts = len(texts)
             request.state.tokens = await check_tokens(predict, texts, single, limits.max_input_tokens)
+        with slots.taken():
+            return await classified(predict, batcher, texts, top_k)
     except RequestError as err:
-        headers = {"Connection": "close"} if err.status == 408 else None
+        headers = {"Connection": "close"} if err.status == 408 else {"Retry-After": "1"} if err.status == 429 else None
         return JSONResponse({"error": str(err), "field": err.field}, status_code=err.status, headers=headers)
     except ClientGone as gone:
         logger.warning("%s", gone)
         return JSONResponse({"error": str(gone)}, 400)  # nobody reads it: uvicorn drops it
+
+
+async def classified(predict, batcher: MicroBatcher, texts: list[str], top_k):
+    from fastapi.responses import JSONResponse
+
     try:
         probabilities = await batcher.classify(texts)
     except (TypeError, ValueError, UnicodeError) as err:  # what the tokenizer says of a text it cannot take
@@ -340,16 +307,6 @@ def header_deadline_protocol(header_timeout_s: float):
             self.transport.close()
 
     return HeaderDeadlineProtocol
-
-
-# On every answer: no MIME sniffing, no framing by other sites, and the page's scripts its own.
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
-    "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
-    "Referrer-Policy": "no-referrer",
-}
 
 
 def check_servable(model_dir, predict, limits) -> None:
