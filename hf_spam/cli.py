@@ -336,9 +336,10 @@ def add_serve_parser(sub) -> None:
     serve.add_argument(
         "--max_input_tokens",
         type=positive_int,
-        default=512,
+        default=None,
         help="Tokens one text may hold, as the model reads it (a message template's included); a longer text is "
-        "refused with 413, not truncated (default 512).",
+        "refused with 413, not truncated (default 512, or the model's context where shorter; a value above the "
+        "context is refused at start).",
     )
     serve.add_argument(
         "--max_concurrent_requests",

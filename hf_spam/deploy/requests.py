@@ -23,7 +23,7 @@ class Limits:
     max_body_bytes: int = 1_000_000
     max_texts: int = 256
     max_text_chars: int = 100_000
-    max_input_tokens: int = 512
+    max_input_tokens: int | None = None  # None: 512, or the model's context where that is shorter
     max_concurrent_requests: int = 128
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0

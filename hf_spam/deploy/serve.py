@@ -309,6 +309,9 @@ def header_deadline_protocol(header_timeout_s: float):
     return HeaderDeadlineProtocol
 
 
+DEFAULT_MAX_INPUT_TOKENS = 512
+
+
 def check_servable(model_dir, predict, limits) -> None:
     """Refuse to start what could only fail or lie: a token limit above the model's context (longer texts would
     be truncated, not refused), and a model that cannot classify one text (a missing tokenizer file, a bad
@@ -316,6 +319,8 @@ def check_servable(model_dir, predict, limits) -> None:
     from hf_spam.models.loading import model_context
 
     context = model_context(predict.config)
+    if limits.max_input_tokens is None:  # not set: the usual 512, within what the model reads
+        limits.max_input_tokens = min(DEFAULT_MAX_INPUT_TOKENS, context)
     if limits.max_input_tokens > context:
         raise ValueError(
             f"--max_input_tokens {limits.max_input_tokens:,} is above the model's context of {context:,} tokens, "
