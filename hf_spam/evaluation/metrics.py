@@ -165,3 +165,11 @@ def recall_at_fpr(labels, scores, max_fpr: float) -> dict:
         "false_positives": flagged_ham,
         "false_positive_rate": flagged_ham / max(len(ham), 1),
     }
+
+
+def mean_and_std(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per key of `rows` (one dict of figures per fold): the mean and the sample standard deviation."""
+    return {
+        key: {"mean": float(np.mean([r[key] for r in rows])), "std": float(np.std([r[key] for r in rows], ddof=1))}
+        for key in rows[0]
+    }

@@ -24,7 +24,7 @@ from hf_spam.evaluation.cross_corpus import (
     summary_table,
     worst_errors,
 )
-from hf_spam.evaluation.metrics import FPR_BUDGETS, spam_log_odds
+from hf_spam.evaluation.metrics import FPR_BUDGETS, mean_and_std, spam_log_odds
 from hf_spam.evaluation.plots import plot_ranking, plot_score_histogram
 
 # cv's default sample: every spam and this many ham, drawn with the recipe's seed.
@@ -87,13 +87,7 @@ def summarize_external(results: list[dict], classes: list[str]) -> dict:
         labels = np.concatenate([r["external"]["labels"] for r in results])
         pooled = corpus_metrics(labels, odds, source, files)
         fold_scalars = [_scalars(m) for m, _, _ in per_fold]
-        spread = {
-            key: {
-                "mean": float(np.mean([s[key] for s in fold_scalars])),
-                "std": float(np.std([s[key] for s in fold_scalars], ddof=1)),
-            }
-            for key in fold_scalars[0]
-        }
+        spread = mean_and_std(fold_scalars)
         summary["models"][name] = {"pooled": pooled, "across_folds": spread, "per_fold": fold_scalars}
         pooled_odds[name] = odds
     texts = [t for r in results for t in r["external"]["texts"]]

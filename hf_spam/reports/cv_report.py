@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hf_spam.data.collection import csv_cell, write_atomically
-from hf_spam.evaluation.metrics import FPR_BUDGETS, score_predictions, spam_log_odds, spam_score_metrics
+from hf_spam.evaluation.metrics import (
+    FPR_BUDGETS,
+    mean_and_std,
+    score_predictions,
+    spam_log_odds,
+    spam_score_metrics,
+)
 from hf_spam.evaluation.plots import plot_ranking, plot_score_histogram
 from hf_spam.evaluation.sentence_baseline import SENTENCE_MODEL
 from hf_spam.reports.cv_external import external_markdown, write_external
@@ -65,13 +71,7 @@ def summarize(results: list[dict], folds: Folds, binary: bool, seconds: float) -
             labels, np.concatenate([r["probabilities"][name] for r in results]), folds.classes, binary
         )
         fold_scalars = [scalars(m) for m in per_fold]
-        spread = {
-            key: {
-                "mean": float(np.mean([s[key] for s in fold_scalars])),
-                "std": float(np.std([s[key] for s in fold_scalars], ddof=1)),
-            }
-            for key in fold_scalars[0]
-        }
+        spread = mean_and_std(fold_scalars)
         summary["models"][name] = {"pooled": pooled, "across_folds": spread, "per_fold": per_fold}
     if binary:
         summary["worst_errors"] = worst_errors(results, folds.classes)
