@@ -445,3 +445,18 @@ def test_a_hostile_load_hurts_no_innocent_request(saved, tmp_path):
         assert result["errors"] == 0 and result["requests"] > 0, name
         assert poisoned["requests"] > 0 and poisoned["answered_4xx"] == poisoned["requests"], (name, poisoned)
         assert slow["closed_with_408"] >= 3 and slow["health_failed"] == 0 and slow["health_checks"] > 10, slow
+
+
+def test_the_first_request_after_start_does_not_wait_for_company():
+    """Queued before the batching loop first runs (Python 3.12's `wait_for` awaits in the caller's task), the
+    first request is not a sign of load: no batch ran yet."""
+
+    async def scenario():
+        model = RecordingModel()
+        async with running(model) as batcher:
+            started = time.perf_counter()
+            got = await batcher.classify(["3"])  # in this task: queued before the loop's first turn
+            return time.perf_counter() - started, got
+
+    seconds, got = asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+    assert seconds < 5 and got.tolist() == [[0.7, 0.3]]

@@ -82,8 +82,10 @@ class MicroBatcher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        ran = False  # before the first batch, a queued request is not a sign of load
         while True:
-            under_load = not self.queue.empty()  # requests came in while the last batch ran
+            under_load = ran and not self.queue.empty()  # requests came in while the last batch ran
+            ran = True
             batch = [await self.queue.get()]
             size = len(batch[0][0])
             deadline = loop.time() + self.wait
