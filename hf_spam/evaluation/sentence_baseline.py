@@ -74,3 +74,11 @@ def sentence_embeddings(texts: list[str], model_dir: str | Path, batch_size: int
             mean = (states * mask).sum(1) / mask.sum(1).clamp(min=1)
             vectors[index] = torch.nn.functional.normalize(mean, dim=-1).numpy()
     return vectors
+
+
+def sentence_probe(seed: int):
+    """The unfitted classifier on the sentence embeddings (the same in `cv`, `cv --external` and `eval`):
+    class-weighted logistic regression, C=10."""
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=10.0, class_weight="balanced", max_iter=5000, random_state=seed)

