@@ -15,6 +15,7 @@ from hf_spam.argtypes import (
     ArgumentParser,
     finite_float,
     non_negative_float,
+    non_negative_int,
     port_number,
     positive_float,
     positive_int,
@@ -330,6 +331,13 @@ def add_serve_parser(sub) -> None:
         "idle waits only for those already being read (0 with --max_batch_texts 0: one model call per request).",
     )
     serve.add_argument("--max_batch_texts", type=int, default=256, help="Texts gathered into one call at most.")
+    serve.add_argument(
+        "--max_batch_tokens",
+        type=non_negative_int,
+        default=8192,
+        help="Tokens in one model call at most (one text at least), dealt round-robin across the requests waiting: "
+        "one client's big batches cannot starve one-text requests (0: no token budget).",
+    )
     serve.add_argument("--max_body_bytes", type=positive_int, default=1_000_000)
     serve.add_argument("--max_texts", type=positive_int, default=256, help="Texts one request may hold.")
     serve.add_argument("--max_text_chars", type=positive_int, default=100_000, help="Characters one text may hold.")
@@ -364,6 +372,15 @@ def add_serve_parser(sub) -> None:
         default=None,
         help="Require `Authorization: Bearer KEY` on POST / , POST /predict and GET /info (401 otherwise); "
         "GET /health and the page stay open. Prefer the HF_SPAM_API_KEY environment variable: a flag shows in ps.",
+    )
+    serve.add_argument(
+        "--allowed_hosts",
+        nargs="+",
+        default=None,
+        metavar="HOST",
+        help="Answer only requests whose Host header names one of these (e.g. spam.internal 127.0.0.1; "
+        "*.example.com for its subdomains), 400 otherwise: a page on another site that rebinds its DNS name to "
+        "this server cannot read it. Default: any Host. No CORS headers are sent either way.",
     )
 
 

@@ -345,3 +345,25 @@ def test_the_card_shows_its_evidence_and_the_baseline_it_beat(card):
     assert "![Training and validation loss](loss.png)\n![Confusion matrix](confusion_matrix.png)" in text
     assert "- **Depth:** the first 16 of the base model's 30 decoder layers (`keep_layers: 16`)" in text
     assert "\n\n\n" not in text
+
+
+def test_label_names_cannot_put_html_or_table_breaks_into_the_card(card):
+    evil, pipe = "<img src=x onerror=alert(1)>", "a|b\nc"
+    labels = {evil: 747, pipe: 4827}
+    data = {
+        **DATA,
+        "source": "data_file",
+        "sha256": "0" * 64,
+        "classes": [pipe, evil],
+        "labels": labels,
+        "label_names": {"<script>": evil, "x": pipe},
+        "columns": {"text": "text", "label": "label"},
+        "split_labels": {split: {pipe: n // 2, evil: n - n // 2} for split, n in DATA["splits"].items()},
+        "held_out": {evil: 0, pipe: 3865},
+    }
+    metrics = {split: {**m, "per_class": {pipe: {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1},
+                                          evil: {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}}}
+               for split, m in card.metrics.items()}  # fmt: skip
+    text = render_model_card(dataclasses.replace(card, data=data, metrics=metrics))
+    assert "<img" not in text and "<script>" not in text and "a|b" not in text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in text and "a&#124;b c" in text

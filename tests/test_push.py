@@ -22,6 +22,7 @@ from .fake_hub import FakeHub
 from .test_model_card import gpt2_small_card
 
 CANARY = f"hf_canary_{secrets.token_hex(16)}"
+LOCAL_DATA = "/home/someone/projects/secret-carrier/train.csv"
 REPO_ID = "someone/tiny-sms-spam"
 PUSHED = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md",
           "metrics.json", "loss.png"}  # fmt: skip
@@ -64,8 +65,12 @@ def output_dir(tmp_path_factory, tokenizer):
     out = tmp_path_factory.mktemp("output")
     load_model("gpt2", tokenizer, init="random", config_overrides=TINY_OVERRIDES).save_pretrained(out)
     tokenizer.save_pretrained(out)
-    (out / "README.md").write_text(render_model_card(dataclasses.replace(gpt2_small_card(), model_id=REPO_ID)))
-    (out / "metrics.json").write_text(json.dumps({"metrics": gpt2_small_card().metrics}))
+    # A run on a file of one's own, saved under a home directory: where it lay must stay on this machine.
+    card = dataclasses.replace(gpt2_small_card(), model_id=None, output_dir=str(out))
+    (out / "README.md").write_text(render_model_card(card) + f"\nTrained on {LOCAL_DATA}.\n")
+    metrics = {"metrics": card.metrics, "data": {"path": f"train: {LOCAL_DATA}"}, "model_card": {"output_dir": str(out)},
+               "base_model": {"loaded_from": "/home/someone/.cache/hf_spam/gguf/b179c95", "url": "https://x.example/a/b"}}  # fmt: skip
+    (out / "metrics.json").write_text(json.dumps(metrics))
     (out / "loss.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
     for name in DECOYS:
         (out / name).parent.mkdir(exist_ok=True)
@@ -92,11 +97,28 @@ def test_push_uploads_exactly_the_model_files_to_a_private_repo(pushed, output_d
     repo = hub.repos[REPO_ID]
     assert set(repo.files) == PUSHED and len(repo.commits) == 1 and repo.private
     for name, content in repo.files.items():
-        assert content == (output_dir / name).read_bytes(), name
+        if name not in ("README.md", "metrics.json"):
+            assert content == (output_dir / name).read_bytes(), name
     assert result.stdout.strip() == f"{hub.endpoint}/{REPO_ID}/commit/{repo.head}"
     log = [line for line in result.stderr.splitlines() if line.startswith("INFO hf_spam.deploy.hub: Pushing 7 files")]
     assert len(log) == 1 and REPO_ID in log[0] and all(name in log[0] for name in PUSHED)
     assert ModelCard(repo.files["README.md"].decode()).data.base_model == "openai-community/gpt2"
+
+
+def test_nothing_pushed_names_a_local_path(pushed, output_dir):
+    hub, result = pushed
+    files = hub.repos[REPO_ID].files
+    for name in ("README.md", "metrics.json"):
+        text = files[name].decode()
+        assert "/home/someone" not in text and str(output_dir) not in text and str(output_dir.parent) not in text
+    metrics = json.loads(files["metrics.json"])
+    assert metrics["data"]["path"] == "train: train.csv" and metrics["model_card"]["output_dir"] == output_dir.name
+    assert metrics["base_model"] == {"loaded_from": "b179c95", "url": "https://x.example/a/b"}
+    assert (
+        f'model="{REPO_ID}"' in files["README.md"].decode() and "Trained on train.csv." in files["README.md"].decode()
+    )
+    assert metrics["metrics"] == json.loads((output_dir / "metrics.json").read_text())["metrics"]
+    assert LOCAL_DATA in (output_dir / "metrics.json").read_text()  # the local copy keeps it, for `hf-spam eval`
 
 
 def test_push_authenticates_with_the_token_and_never_shows_or_uploads_it(pushed):

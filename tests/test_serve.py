@@ -460,3 +460,67 @@ def test_the_first_request_after_start_does_not_wait_for_company():
 
     seconds, got = asyncio.run(asyncio.wait_for(scenario(), timeout=30))
     assert seconds < 5 and got.tolist() == [[0.7, 0.3]]
+
+
+def test_one_clients_big_batch_cannot_starve_a_one_text_request():
+    """Calls hold at most max_batch_tokens, dealt a text at a time across the requests waiting: the lone text
+    that came after 20 long ones goes in the next call, and the long request still gets every answer in order."""
+    import threading
+
+    async def scenario():
+        model, running_now, release = RecordingModel(), threading.Event(), threading.Event()
+        answer = model.predict_proba
+
+        def busy(texts):
+            if len(model.calls) == 0:  # the first call holds the model while the others queue up
+                running_now.set()
+                release.wait(30)
+            return answer(texts)
+
+        model.predict_proba = busy
+        async with running(model, batch_wait_ms=0, max_batch_tokens=50) as batcher:
+            try:
+                first = asyncio.ensure_future(batcher.classify(["5"], [10]))
+                await asyncio.to_thread(running_now.wait, 30)
+                big_texts = [str(i % 10) for i in range(20)]
+                big = asyncio.ensure_future(batcher.classify(big_texts, [10] * 20))
+                await asyncio.sleep(0.05)
+                small = asyncio.ensure_future(batcher.classify(["1"], [10]))
+                await asyncio.sleep(0.05)
+                release.set()
+                small_result = await asyncio.wait_for(small, 30)
+                calls_when_small_answered = len(model.calls)
+                return model.calls, calls_when_small_answered, await big, small_result, await first
+            finally:
+                release.set()
+
+    calls, when_small, big, small, first = asyncio.run(scenario())
+    assert calls[0] == ["5"]
+    assert when_small == 2 and "1" in calls[1]  # the next call, not after the 20
+    assert all(len(call) <= 5 for call in calls)  # 50 tokens of 10 a text
+    assert sum(map(len, calls)) == 22
+    assert big.tolist() == [[1 - (i % 10) / 10, (i % 10) / 10] for i in range(20)]
+    assert small.tolist() == [[0.9, 0.1]] and first.tolist() == [[0.5, 0.5]]
+
+
+def test_a_long_request_split_over_calls_fails_alone_when_one_of_its_texts_fails():
+    async def scenario():
+        model = RecordingModel()
+        answer = model.predict_proba
+
+        def fragile(texts):
+            if "x" in texts:
+                raise ValueError("cannot read x")
+            return answer(texts)
+
+        model.predict_proba = fragile
+        async with running(model, batch_wait_ms=0, max_batch_texts=2) as batcher:
+            bad = asyncio.ensure_future(batcher.classify(["1", "2", "x", "3"]))
+            good = asyncio.ensure_future(batcher.classify(["4", "5", "6"]))
+            with pytest.raises(ValueError, match="cannot read x"):
+                await asyncio.wait_for(bad, 30)
+            return await asyncio.wait_for(good, 30), model.calls
+
+    good, calls = asyncio.run(scenario())
+    assert good.tolist() == [[0.6, 0.4], [0.5, 0.5], [0.4, 0.6]]
+    assert all(len(call) <= 2 for call in calls)

@@ -187,3 +187,37 @@ def test_slow_bodies_hold_no_slot_while_they_trickle(saved):  # noqa: F811
             for sock in trickling:
                 sock.close()
     assert statuses == [200] * 5
+
+
+def test_allowed_hosts_refuse_a_rebound_host_name_and_no_cors_is_granted(saved):  # noqa: F811
+    import http.client
+
+    app = create_app(saved, allowed_hosts=["spam.internal", "127.0.0.1"])
+    with Server(app) as server:
+
+        def ask(method: str, path: str, host: str, body: bytes | None = None, headers=None):
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            connection.request(method, path, body, {"Host": host, "Content-Type": "application/json", **(headers or {})})
+            response = connection.getresponse()
+            response.read()
+            return response.status, response.headers
+
+        for host in ("evil.example", "evil.example:8000", "spam.internal.evil.example"):
+            status, headers = ask("GET", "/info", host)
+            assert status == 400 and headers["X-Content-Type-Options"] == "nosniff"
+            assert ask("POST", "/predict", host, b'{"inputs": "hi"}')[0] == 400
+        assert ask("GET", "/info", "spam.internal")[0] == 200
+        assert ask("POST", "/predict", f"127.0.0.1:{server.port}", b'{"inputs": "hi"}')[0] == 200
+        # CORS is off: no origin is ever allowed, so a preflight fails and a page elsewhere reads nothing.
+        origin = {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
+        status, headers = ask("OPTIONS", "/predict", "127.0.0.1", headers=origin)
+        assert status == 405 and "Access-Control-Allow-Origin" not in headers
+        status, headers = ask("POST", "/predict", "127.0.0.1", b'{"inputs": "hi"}', {"Origin": "http://evil.example"})
+        assert status == 200 and "Access-Control-Allow-Origin" not in headers
+
+
+def test_serve_takes_allowed_hosts_from_its_flag():
+    from hf_spam.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--model", "m", "--allowed_hosts", "a.example", "*.b.example"])
+    assert args.allowed_hosts == ["a.example", "*.b.example"]

@@ -7,11 +7,13 @@ The token comes from `token=`, else from huggingface_hub's usual places (`HF_TOK
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 from pathlib import Path
 
-from huggingface_hub import HfApi, get_token
+from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import filter_repo_objects
 
@@ -81,14 +83,12 @@ def push_output_dir(
     try:
         repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         logger.info("Pushing %d files from %s to %s: %s", len(files), output_dir, repo_url.repo_id, ", ".join(files))
-        commit = api.upload_folder(
-            repo_id=repo_url.repo_id,
-            repo_type="model",
-            folder_path=output_dir,
-            allow_patterns=PUSH_PATTERNS,
-            # upload_folder extends the list it is given with its own defaults: hand it a copy.
-            ignore_patterns=list(PUSH_IGNORE),
-            commit_message=commit_message,
+        operations = [
+            CommitOperationAdd(name, public_copy(output_dir, name, repo_url.repo_id) or output_dir / name)
+            for name in files
+        ]
+        commit = api.create_commit(
+            repo_id=repo_url.repo_id, repo_type="model", operations=operations, commit_message=commit_message
         )
     except HfHubHTTPError as err:
         status = err.response.status_code if err.response is not None else None
@@ -101,6 +101,39 @@ def push_output_dir(
         raise
     logger.info("Pushed %s to %s", output_dir, commit.commit_url)
     return commit.commit_url
+
+
+# A local filesystem path inside a text: absolute, home- or dot-relative, not part of a URL or a word ("ham/spam").
+LOCAL_PATH = re.compile(r"(?<![\w:/.\\])(?:~|\.{1,2})?(?:/[^\s/,;\"'`()\[\]<>]+)+/?")
+
+
+def without_local_paths(text: str) -> str:
+    """`text` with every local path cut to its last part: a card or metrics file says which file, not where on
+    the machine that trained it (a user name, a mount, a project layout)."""
+    return LOCAL_PATH.sub(lambda match: Path(match.group(0).rstrip("/")).name, text)
+
+
+def public_copy(output_dir: Path, name: str, repo_id: str) -> bytes | None:
+    """What is pushed for README.md and metrics.json: the local file without local paths (the local copy keeps
+    them: `hf-spam eval` finds the training data by them). None for every other file, pushed as it is."""
+    if name == "README.md":
+        text = (output_dir / name).read_text(encoding="utf-8")
+        # "How to use" names the model by its directory when the run had no Hub id: the repo's id now.
+        for local in {str(output_dir), str(output_dir.resolve()), output_dir.resolve().name}:
+            text = text.replace(f'model="{local}"', f'model="{repo_id}"')
+        return without_local_paths(text).encode("utf-8")
+    if name == "metrics.json":
+        metrics = json.loads((output_dir / name).read_text(encoding="utf-8"))
+        return (json.dumps(_public(metrics), indent=2) + "\n").encode("utf-8")
+    return None
+
+
+def _public(value):
+    if isinstance(value, dict):
+        return {key: _public(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_public(item) for item in value]
+    return without_local_paths(value) if isinstance(value, str) else value
 
 
 def _check_model_files(output_dir: Path, files: list[str]) -> None:

@@ -50,7 +50,7 @@ class ServerMetrics:
         )  # fmt: skip
         self.in_flight = Gauge("hf_spam_requests_in_flight", "Requests being answered now.", registry=self.registry)
         self.queued = Gauge(
-            "hf_spam_queue_depth", "Classification calls waiting for the model.", registry=self.registry
+            "hf_spam_queue_depth", "Requests with texts waiting for the model.", registry=self.registry
         )
 
     def exposition(self) -> tuple[bytes, str]:

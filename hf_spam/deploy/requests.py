@@ -182,8 +182,8 @@ async def drain(request, limits: Limits) -> None:
 INLINE_TOKENIZE_CHARS = 500
 
 
-async def check_tokens(predict, texts: list[str], single: bool, max_tokens: int) -> int:
-    """The request's tokens in all; refuse (413) a text of more than `max_tokens`, naming it: the work of one request is bounded in
+async def check_tokens(predict, texts: list[str], single: bool, max_tokens: int) -> list[int]:
+    """Each text's tokens; refuse (413) a text of more than `max_tokens`, naming it: the work of one request is bounded in
     tokens, not characters. A short request is tokenized at once; a longer one on a worker thread (the fast
     tokenizer releases the GIL), so that it does not hold up the other requests."""
     try:
@@ -197,4 +197,4 @@ async def check_tokens(predict, texts: list[str], single: bool, max_tokens: int)
         if count > max_tokens:
             where = "inputs" if single else f"inputs[{i}]"
             raise RequestError(413, f"{where}: {count:,} tokens; at most {max_tokens:,} (--max_input_tokens)", where)
-    return sum(counts)
+    return list(counts)

@@ -17,15 +17,11 @@ request that finds the model idle waits only for those already being read, so a 
 
 # No `from __future__ import annotations`: FastAPI reads the `Request` annotation of handlers made inside
 # create_app at run time, where a string could not be resolved (fastapi is imported there, as an extra).
-import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
-
+from hf_spam.deploy.batching import MicroBatcher
 from hf_spam.deploy.guards import Slots, not_json, security_headers, unauthorized
 from hf_spam.deploy.observe import ACCESS, ServerMetrics, observing
 from hf_spam.deploy.requests import ClientGone, Limits, RequestError, answers, check_tokens, parse_request, read_body
@@ -36,106 +32,6 @@ logger = logging.getLogger(__name__)
 PAGE = resources.files("hf_spam") / "templates" / "serve.html"
 
 
-class MicroBatcher:
-    """Gathers the texts of concurrent requests and classifies them in one call, on one worker thread.
-
-    Under load (requests queued up while the model ran) a batch waits up to `batch_wait_ms` for more, as on
-    2 cores the model's threads leave the event loop little time to read them while it runs. When the model
-    was idle, a batch waits only for requests already being read and checked (`arriving`): a lone request
-    pays no wait. `batch_wait_ms=0` with `max_batch_texts=0` turns gathering off: one call per request, the
-    baseline the load test compares with.
-    """
-
-    def __init__(self, predict, batch_wait_ms: float = 5.0, max_batch_texts: int = 256):
-        self.predict = predict
-        self.wait = batch_wait_ms / 1000
-        self.max_texts = max_batch_texts
-        self.queue: asyncio.Queue | None = None
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-spam-model")
-        self.task: asyncio.Task | None = None
-        self.batches = 0
-        self.arriving = 0
-        self.on_batch = None  # called with each model call's number of texts (the server's metrics)
-
-    @contextmanager
-    def arrival(self):
-        """Around a request's reading and checking: while it lasts, a batch being gathered may wait for it."""
-        self.arriving += 1
-        try:
-            yield
-        finally:
-            self.arriving -= 1
-
-    def start(self) -> None:
-        self.queue = asyncio.Queue()
-        self.task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-        self.executor.shutdown(wait=True)
-
-    async def classify(self, texts: list[str]) -> np.ndarray:
-        future = asyncio.get_running_loop().create_future()
-        await self.queue.put((texts, future))
-        return await future
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        ran = False  # before the first batch, a queued request is not a sign of load
-        while True:
-            under_load = ran and not self.queue.empty()  # requests came in while the last batch ran
-            ran = True
-            batch = [await self.queue.get()]
-            size = len(batch[0][0])
-            deadline = loop.time() + self.wait
-            while size < self.max_texts and (under_load or self.arriving or not self.queue.empty()):
-                timeout = deadline - loop.time()
-                try:
-                    item = (
-                        self.queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(self.queue.get(), timeout)
-                    )
-                except (asyncio.QueueEmpty, TimeoutError):
-                    break
-                batch.append(item)
-                size += len(item[0])
-            texts = [text for item, _ in batch for text in item]
-            try:
-                probabilities = await loop.run_in_executor(self.executor, self.predict.predict_proba, texts)
-            except Exception as err:
-                if len(batch) == 1:
-                    logger.warning("a request of %d texts failed: %s: %s", len(texts), type(err).__name__, err)
-                    if not batch[0][1].done():
-                        batch[0][1].set_exception(err)
-                    continue
-                # One request's text must not fail the others gathered with it: each is classified on its own.
-                for item, future in batch:
-                    await self._one(item, future)
-                continue
-            self.batches += 1
-            if self.on_batch is not None:
-                self.on_batch(len(texts))
-            start = 0
-            for item, future in batch:
-                if not future.done():
-                    future.set_result(probabilities[start : start + len(item)])
-                start += len(item)
-
-    async def _one(self, texts: list[str], future) -> None:
-        try:
-            result = await asyncio.get_running_loop().run_in_executor(self.executor, self.predict.predict_proba, texts)
-        except Exception as err:
-            logger.warning("a request of %d texts failed: %s: %s", len(texts), type(err).__name__, err)
-            if not future.done():
-                future.set_exception(err)
-            return
-        self.batches += 1
-        if self.on_batch is not None:
-            self.on_batch(len(texts))
-        if not future.done():
-            future.set_result(result)
-
-
 def create_app(
     model_dir: str,
     backend: str = "torch",
@@ -143,10 +39,12 @@ def create_app(
     batch_size: int = 64,
     batch_wait_ms: float = 5.0,
     max_batch_texts: int = 256,
+    max_batch_tokens: int = 8192,
     limits: Limits | None = None,
     predict=None,
     api_key: str | None = None,
     access_log: bool = True,
+    allowed_hosts: list[str] | None = None,
 ):
     """The FastAPI application; `predict` (a `SpamClassifier`) is loaded from `model_dir` if not given.
 
@@ -163,11 +61,16 @@ def create_app(
     if predict is None:
         predict = load_classifier(model_dir, batch_size=batch_size, dtype=dtype, backend=backend, device="cpu")
     check_servable(model_dir, predict, limits)
-    batcher = MicroBatcher(predict, batch_wait_ms, max_batch_texts)
+    batcher = MicroBatcher(predict, batch_wait_ms, max_batch_texts, max_batch_tokens)
     metrics = ServerMetrics()
     batcher.on_batch = metrics.batch_texts.observe
-    metrics.queued.set_function(lambda: batcher.queue.qsize() if batcher.queue is not None else 0)
-    info = model_info(model_dir, predict, backend, dtype, batch_wait_ms, max_batch_texts, limits)
+    metrics.queued.set_function(batcher.pending)
+    batching = {
+        "batch_wait_ms": batch_wait_ms,
+        "max_batch_texts": max_batch_texts,
+        "max_batch_tokens": max_batch_tokens,
+    }
+    info = model_info(model_dir, predict, backend, dtype, batching, limits)
     info["api_key_required"] = api_key is not None
     expected = api_key.encode() if api_key is not None else None
 
@@ -184,6 +87,10 @@ def create_app(
         openapi_url=None,
     )  # fmt: skip
     app.state.batcher = batcher
+    if allowed_hosts:  # innermost: its 400s are counted, logged and carry the security headers
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     app.middleware("http")(security_headers)
     app.middleware("http")(observing(metrics, access_log))
     app.state.metrics = metrics
@@ -240,9 +147,10 @@ async def answer(request, predict, batcher: MicroBatcher, slots: Slots, limits: 
             body = await read_body(request, limits)
             texts, single, top_k = parse_request(body, limits)
             request.state.texts = len(texts)
-            request.state.tokens = await check_tokens(predict, texts, single, limits.max_input_tokens)
+            tokens = await check_tokens(predict, texts, single, limits.max_input_tokens)
+            request.state.tokens = sum(tokens)
         with slots.taken():
-            return await classified(predict, batcher, texts, top_k)
+            return await classified(predict, batcher, texts, tokens, top_k)
     except RequestError as err:
         headers = {"Connection": "close"} if err.status == 408 else {"Retry-After": "1"} if err.status == 429 else None
         return JSONResponse({"error": str(err), "field": err.field}, status_code=err.status, headers=headers)
@@ -251,11 +159,11 @@ async def answer(request, predict, batcher: MicroBatcher, slots: Slots, limits: 
         return JSONResponse({"error": str(gone)}, 400)  # nobody reads it: uvicorn drops it
 
 
-async def classified(predict, batcher: MicroBatcher, texts: list[str], top_k):
+async def classified(predict, batcher: MicroBatcher, texts: list[str], tokens: list[int], top_k):
     from fastapi.responses import JSONResponse
 
     try:
-        probabilities = await batcher.classify(texts)
+        probabilities = await batcher.classify(texts, tokens)
     except (TypeError, ValueError, UnicodeError) as err:  # what the tokenizer says of a text it cannot take
         error = f"inputs: cannot be classified: {type(err).__name__}: {err}"
         return JSONResponse({"error": error, "field": "inputs"}, 422)
@@ -341,7 +249,7 @@ def check_servable(model_dir, predict, limits) -> None:
         raise ValueError(f"{model_dir}: the model's self-test gave probabilities of shape {probabilities.shape}")
 
 
-def model_info(model_dir, predict, backend, dtype, batch_wait_ms, max_batch_texts, limits) -> dict:
+def model_info(model_dir, predict, backend, dtype, batching: dict, limits) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -358,7 +266,7 @@ def model_info(model_dir, predict, backend, dtype, batch_wait_ms, max_batch_text
         "threshold": predict.threshold,
         "backend": backend,
         "dtype": dtype,
-        "micro_batching": {"batch_wait_ms": batch_wait_ms, "max_batch_texts": max_batch_texts},
+        "micro_batching": batching,
         "limits": limits.__dict__,
         "hf_spam_version": hf_spam_version,
     }
@@ -385,9 +293,11 @@ def serve(args) -> int:
         batch_size=args.batch_size,
         batch_wait_ms=args.batch_wait_ms,
         max_batch_texts=args.max_batch_texts,
+        max_batch_tokens=args.max_batch_tokens,
         limits=limits,
         api_key=api_key,
         access_log=args.access_log,
+        allowed_hosts=args.allowed_hosts,
     )
     if args.access_log:  # uvicorn's own access log is off (log_level warning): ours names texts and tokens, no text
         handler = logging.StreamHandler()

@@ -13,6 +13,7 @@ The template is `hf_spam/templates/model_card.md` (Jinja2); its front matter is 
 
 from __future__ import annotations
 
+import html
 import logging
 from dataclasses import dataclass, field
 from importlib import resources
@@ -315,12 +316,19 @@ def natural_precision(data: SpamModelCardData) -> float | None:
     return recall * share / flagged if flagged else None
 
 
+def markdown_label(name: object) -> str:
+    """A label name as card text: its HTML escaped (the Hub renders raw HTML in a card), a `|` that would split a
+    table cell and a line break that would end one made harmless."""
+    return html.escape(" ".join(str(name).split()), quote=True).replace("|", "&#124;").replace("`", "&#96;")
+
+
 def render_model_card(data: SpamModelCardData) -> str:
     """README.md for the Hub: YAML metadata and the card body, from `hf_spam/templates/model_card.md`."""
     # StrictUndefined: a field the template names but the data lacks is an error, not a silently blank cell.
     environment = jinja2.Environment(
         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined
     )
+    environment.filters["label"] = markdown_label
     template = environment.from_string(TEMPLATE_PATH.read_text(encoding="utf-8"))
     labels = data.data["labels"]
     return template.render(
