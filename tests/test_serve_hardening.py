@@ -197,7 +197,9 @@ def test_allowed_hosts_refuse_a_rebound_host_name_and_no_cors_is_granted(saved):
 
         def ask(method: str, path: str, host: str, body: bytes | None = None, headers=None):
             connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-            connection.request(method, path, body, {"Host": host, "Content-Type": "application/json", **(headers or {})})
+            connection.request(
+                method, path, body, {"Host": host, "Content-Type": "application/json", **(headers or {})}
+            )
             response = connection.getresponse()
             response.read()
             return response.status, response.headers
