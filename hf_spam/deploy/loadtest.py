@@ -15,6 +15,10 @@ Hostile load, to check that one client cannot hurt the others:
   and every innocent request a 200; latency is the innocent requests'.
 - `--slow_clients N`: N more connections that send their headers a byte a second (slowloris) and reconnect
   when the server closes them; `/health` is timed every 0.2 s meanwhile.
+- `--held_connections N`, `--slow_bodies N`, `--big_batches N` (hf_spam/deploy/attackers.py): N connections
+  that trickle a body the server answered without reading, N that trickle a `/predict` body, N clients looping
+  on 256 texts of nearly `--max_input_tokens` tokens. With any of them, the micro-batched server is loaded
+  twice, without and with the attackers, and the honest clients' figures are reported side by side.
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ import time
 from pathlib import Path
 
 from hf_spam.argtypes import ArgumentParser, non_negative_int, positive_float, positive_int, unit_fraction
+from hf_spam.deploy import attackers
 
 JSON = {"Content-Type": "application/json"}
+ATTACKS = ("held_connections", "slow_bodies", "big_batches")
 SETUPS = {"micro_batched": [], "one_call_per_request": ["--batch_wait_ms", "0", "--max_batch_texts", "0"]}
 
 
@@ -97,8 +103,10 @@ def run_load(
     seed: int,
     poison_rate: float = 0.0,
     slow_clients: int = 0,
+    attack: dict | None = None,
 ) -> dict:
-    """`clients` closed-loop clients (and `slow_clients` slowloris connections) for `seconds`: the figures."""
+    """`clients` closed-loop clients (and `slow_clients` slowloris connections, and the `attack`ers: see
+    `attacking`) for `seconds`: the figures."""
     latencies: list[float] = []
     errors: list[str] = []
     poisoned = {"requests": 0, "answered_4xx": 0, "other": []}
@@ -141,6 +149,8 @@ def run_load(
             threading.Thread(target=slow_client, args=(port, stop_at, slow, lock)) for _ in range(slow_clients)
         ]
         threads.append(threading.Thread(target=health_probe, args=(port, stop_at, health)))
+    hostile = attackers.attacking(port, stop_at, attack or {})
+    threads += hostile.pop("threads")
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -161,6 +171,11 @@ def run_load(
         answered = [t for t in health if t is not None]
         result["slow_clients"] = {**slow, "health_checks": len(health), "health_failed": len(health) - len(answered)}
         result["slow_clients"]["health_ms"] = percentiles(answered)
+    latencies_of_big_batches = hostile.pop("big_batch_latencies", [])
+    for name, tally in hostile.items():
+        result[name] = {key: round(value, 1) for key, value in tally.counts.items()}
+    if "big_batches" in hostile:
+        result["big_batches"]["latency_ms"] = percentiles(latencies_of_big_batches)
     return result
 
 
@@ -232,10 +247,12 @@ def loadtest(
     seed: int,
     poison_rate: float = 0.0,
     slow_clients: int = 0,
+    attack: dict | None = None,
 ):
     from hf_spam.data.collection import bundled_data_file
 
     texts = [line.split("\t", 1)[1] for line in bundled_data_file().read_text(encoding="utf-8").splitlines()]
+    attack = {name: count for name, count in (attack or {}).items() if count}
     report = {
         "model": model_dir,
         "backend": backend,
@@ -245,27 +262,43 @@ def loadtest(
         "max_requests": max_requests,
         "poison_rate": poison_rate,
         "slow_clients": slow_clients,
+        **{name: attack.get(name, 0) for name in ATTACKS},
         "cpu_count": os.cpu_count(),
         "setups": {},
     }
-    for name, extra in SETUPS.items():
+    # Under attack, the comparison that matters is the same server with and without the attackers.
+    setups = (
+        [("micro_batched", [], {}), ("micro_batched_under_attack", [], attack)]
+        if attack
+        else [(name, extra, {}) for name, extra in SETUPS.items()]
+    )
+    for name, extra, attackers_of_setup in setups:
         print(f"[loadtest] {name}: {clients} clients for {seconds:g} s ...", file=sys.stderr, flush=True)
         process, port = start_server(model_dir, extra, backend, dtype)
         result: dict = {}
         try:
-            result = run_load(port, texts, clients, seconds, max_requests, seed, poison_rate, slow_clients)
+            if attackers_of_setup.get("big_batches"):
+                attackers_of_setup = {
+                    **attackers_of_setup,
+                    "big_batch_body": attackers.big_batch_body(model_dir, port, texts, seed),
+                }
+            result = run_load(
+                port, texts, clients, seconds, max_requests, seed, poison_rate, slow_clients, attackers_of_setup
+            )
             result["server_peak_rss_mb"] = round(peak_rss_mb(process.pid), 1)
         finally:
+            stopping = time.perf_counter()
             process.send_signal(signal.SIGTERM)
             try:
                 result["server_exit_code"] = process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 process.kill()
                 result["server_exit_code"] = None
+            result["server_exit_s"] = round(time.perf_counter() - stopping, 2)
         report["setups"][name] = result
-    batched, single = report["setups"]["micro_batched"], report["setups"]["one_call_per_request"]
-    if single["requests_per_s"]:
-        report["throughput_ratio"] = round(batched["requests_per_s"] / single["requests_per_s"], 2)
+    first, second = (report["setups"][name] for name, _, _ in setups)
+    if not attack and second["requests_per_s"]:
+        report["throughput_ratio"] = round(first["requests_per_s"] / second["requests_per_s"], 2)
     return report
 
 
@@ -295,6 +328,25 @@ def table(report: dict) -> str:
                 f"{s['health_checks'] - s['health_failed']}/{s['health_checks']} answered, p50 {h['p50']} ms, "
                 f"p99 {h['p99']} ms"
             )
+        if "held_connections" in r:
+            h = r["held_connections"]
+            lines.append(
+                f"{name}: {h['connections']:g} held connections: {h['closed_by_server']:g} closed by the server "
+                f"(longest held {h['longest_held_s']:g} s), {h['open_at_end']:g} open at the end"
+            )
+        if "slow_bodies" in r:
+            b = r["slow_bodies"]
+            lines.append(
+                f"{name}: {b['connections']:g} slow bodies: {b['answered_408']:g} answered 408, "
+                f"{b['closed_otherwise']:g} closed otherwise, {b['open_at_end']:g} still sending at the end"
+            )
+        if "big_batches" in r:
+            g = r["big_batches"]
+            lines.append(
+                f"{name}: {g['requests']:g} big-batch requests, {g['not_200']:g} not answered 200, "
+                f"p50 {g['latency_ms']['p50']} ms"
+            )
+        lines.append(f"{name}: the server exited {r['server_exit_s']} s after SIGTERM")
     if "throughput_ratio" in report:
         lines.append(f"micro-batching: {report['throughput_ratio']}x the requests/s of one call per request")
     return "\n".join(lines)
@@ -323,6 +375,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="Extra connections that send headers a byte a second (slowloris); /health is timed meanwhile.",
     )
+    for name, what in (
+        ("held_connections", "connections that trickle a body the server answered without reading"),
+        ("slow_bodies", "connections that send a /predict body a byte every 5 s"),
+        ("big_batches", "clients looping on 256 texts of nearly --max_input_tokens tokens"),
+    ):
+        parser.add_argument(f"--{name}", type=non_negative_int, default=0, help=f"Attackers: {what} (default 0).")
     parser.add_argument("--output", type=Path, help="Also write the JSON report here.")
     args = parser.parse_args(argv)
     for name in ("clients", "max_requests"):
@@ -341,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
             args.seed,
             args.poison_rate,
             args.slow_clients,
+            {name: getattr(args, name) for name in ATTACKS},
         )
     except RuntimeError as err:
         print(f"hf-spam loadtest: {err}", file=sys.stderr)
