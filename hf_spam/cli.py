@@ -334,7 +334,7 @@ def add_serve_parser(sub) -> None:
     serve.add_argument(
         "--max_batch_tokens",
         type=non_negative_int,
-        default=8192,
+        default=2048,
         help="Tokens in one model call at most (one text at least), dealt round-robin across the requests waiting: "
         "one client's big batches cannot starve one-text requests (0: no token budget).",
     )

@@ -20,6 +20,7 @@ class _Request:
     def __init__(self, texts: list[str], tokens: list[int], future):
         self.texts, self.tokens, self.future = texts, tokens, future
         self.handed = 0  # texts given to a model call
+        self.deficit = 0.0  # tokens earned in the batcher's round-robin and not yet spent
         self.answered = 0
         self.probabilities: np.ndarray | None = None
 
@@ -51,13 +52,13 @@ class MicroBatcher:
     baseline the load test compares with.
 
     Fairness: a model call holds at most `max_batch_texts` texts and `max_batch_tokens` tokens (one text
-    at least), dealt round-robin, a text at a time, across the requests waiting. A client looping on 256
-    long texts gets its share of each call and no more: a one-text request waits for one bounded call, not
-    for the whole of someone else's batch. On HTTP/1.1 a connection has one request in flight, so this is
+    at least), dealt by deficit round-robin across the requests waiting: each earns an equal share of the
+    tokens. A client looping on 256 long texts gets its share of each call and no more: a one-text request
+    waits for one bounded call, not for the whole of someone else's batch. On HTTP/1.1 a connection has one request in flight, so this is
     round-robin across connections too.
     """
 
-    def __init__(self, predict, batch_wait_ms: float = 5.0, max_batch_texts: int = 256, max_batch_tokens: int = 8192):
+    def __init__(self, predict, batch_wait_ms: float = 5.0, max_batch_texts: int = 256, max_batch_tokens: int = 2048):
         self.predict = predict
         self.wait = batch_wait_ms / 1000
         self.max_texts = max_batch_texts
@@ -147,26 +148,34 @@ class MicroBatcher:
         return texts < self.max_texts and tokens < self.max_tokens
 
     def _deal(self) -> list[tuple[_Request, list[int]]]:
-        """The next model call's texts: one from each waiting request in turn, within the budgets. With
+        """The next model call's texts, by deficit round-robin: each waiting request earns an equal share of the
+        call's token budget a round and spends it on its next texts; what it could not spend carries to the next
+        call. Short requests go at once; a long text waits until its request has earned its tokens. With
         `max_batch_texts` 0, the first request whole (one call per request)."""
         if not self.max_texts:
             request = self.waiting.popleft()
             return [(request, request.take(len(request.texts)))]
+        # A request whose client is gone is not worth computing further.
+        for gone in [request for request in self.waiting if request.future.done()]:
+            self.waiting.remove(gone)
+        budgeted = self.max_tokens != float("inf")
+        budget = self.max_tokens if budgeted else self.max_texts  # without a token budget, every text costs 1
         rows: dict[_Request, list[int]] = {}
-        texts = tokens = 0
-        while self.waiting and texts < self.max_texts:
-            request = self.waiting[0]
-            if request.future.done():  # its client is gone: nothing more of it is worth computing
-                self.waiting.popleft()
-                continue
-            cost = request.tokens[request.handed]
-            if texts and tokens + cost > self.max_tokens:
-                break
-            rows.setdefault(request, []).extend(request.take(1))
-            texts, tokens = texts + 1, tokens + cost
-            self.waiting.rotate(-1)
-            if request.handed == len(request.texts):
-                self.waiting.pop()  # rotated to the end
+        texts = spent = 0
+        while self.waiting and not rows:  # rounds until a text fits: a request may need several to earn one
+            share = budget / len(self.waiting)
+            for request in list(self.waiting):
+                request.deficit += share
+                while request.handed < len(request.texts) and texts < self.max_texts:
+                    cost = request.tokens[request.handed] if budgeted else 1
+                    if cost > request.deficit or (texts and spent + cost > budget):
+                        break
+                    rows.setdefault(request, []).extend(request.take(1))
+                    request.deficit -= cost
+                    texts, spent = texts + 1, spent + cost
+                if request.handed == len(request.texts):
+                    self.waiting.remove(request)
+            self.waiting.rotate(-1)  # the next call starts its round with another request
         return list(rows.items())
 
     async def _alone(self, request: _Request, rows: list[int]) -> None:

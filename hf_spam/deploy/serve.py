@@ -39,7 +39,7 @@ def create_app(
     batch_size: int = 64,
     batch_wait_ms: float = 5.0,
     max_batch_texts: int = 256,
-    max_batch_tokens: int = 8192,
+    max_batch_tokens: int = 2048,
     limits: Limits | None = None,
     predict=None,
     api_key: str | None = None,
