@@ -68,10 +68,6 @@ def predict_command(args: argparse.Namespace) -> int:
     except (ValueError, OSError, SafetensorError, RuntimeError) as err:
         print(f"hf-spam predict: {naming_the_model(args.model, err)}", file=sys.stderr)
         return 2
-    if args.texts:
-        lines = enumerate((t.encode("utf-8", "surrogateescape") for t in args.texts), start=1)
-    else:
-        lines = enumerate((line.removesuffix(b"\n").removesuffix(b"\r") for line in sys.stdin.buffer), start=1)
     if not args.texts:
         first = sys.stdin.buffer.peek(4)[:4] if hasattr(sys.stdin.buffer, "peek") else b""
         if first.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in first:
@@ -79,29 +75,28 @@ def predict_command(args: argparse.Namespace) -> int:
             print("hf-spam predict: stdin is UTF-16 (a byte-order mark or NUL bytes); convert it to UTF-8, e.g. "
                   "iconv -f UTF-16 -t UTF-8", file=sys.stderr)  # fmt: skip
             return 2
+    from hf_spam.deploy.predict_input import input_records, where_of
+
     failed = False
+    records = input_records(args)
     # Read in chunks so that a long stream is answered as it goes, in bounded memory.
-    while chunk := list(itertools.islice(lines, args.chunk_size)):
-        answers: dict[int, dict] = {}
-        valid: list[tuple[int, str]] = []
-        for number, raw in chunk:
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                answers[number] = {"line": number, "error": f"invalid UTF-8 at byte {err.start}"}
-                continue
-            if not text.strip():
-                answers[number] = {"line": number, "error": "empty text"}
-                continue
-            valid.append((number, text))
-        # A chunk of nothing but empty or undecodable lines has nothing to classify (pipeline([]) fails).
-        predictions = classifier([t for _, t in valid]) if valid else []
-        for (number, _), prediction in zip(valid, predictions, strict=True):
-            answers[number] = prediction
-        for number, _ in chunk:
-            failed |= "error" in answers[number]
-            print(json.dumps(answers[number]), flush=False)
-        sys.stdout.flush()
+    try:
+        while chunk := list(itertools.islice(records, args.chunk_size)):
+            answers = {
+                where: {**where_of(args, where, key), "error": error} for where, key, _, error in chunk if error
+            }
+            valid = [(where, key, text) for where, key, text, error in chunk if not error]
+            # A chunk of nothing but empty or undecodable lines has nothing to classify (pipeline([]) fails).
+            predictions = classifier([text for _, _, text in valid]) if valid else []
+            for (where, key, _), prediction in zip(valid, predictions, strict=True):
+                answers[where] = {**where_of(args, where, key), **prediction} if args.id_column else prediction
+            for where, *_ in chunk:
+                failed |= "error" in answers[where]
+                print(json.dumps(answers[where]), flush=False)
+            sys.stdout.flush()
+    except ValueError as err:  # a CSV without the text or id column: nothing can be read
+        print(f"hf-spam predict: {err}", file=sys.stderr)
+        return 2
     return 1 if failed else 0
 
 
@@ -257,6 +252,10 @@ def add_predict_parser(sub) -> None:
         help="Spam when P(spam) >= this (default: the model's saved spam_threshold, else the argmax, as pipeline()).",
     )
     predict.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available).")
+    predict.add_argument("--input_format", choices=["lines", "csv", "jsonl"], default="lines",
+                         help="stdin as one text a line (default), a CSV with a header, or JSON Lines.")  # fmt: skip
+    predict.add_argument("--text_column", default="text", help="The text's column or field (csv, jsonl).")
+    predict.add_argument("--id_column", default=None, help="A column or field to echo as `id` in each answer.")
     predict.add_argument(
         "--backend",
         choices=["torch", "onnxruntime"],
