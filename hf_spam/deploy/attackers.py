@@ -55,6 +55,15 @@ def _closed(sock: socket.socket) -> bool:
         sock.setblocking(True)
 
 
+def _sent(sock: socket.socket, data: bytes) -> bool:
+    """Whether `data` could be sent: False once the server has closed the connection."""
+    try:
+        sock.sendall(data)
+    except OSError:
+        return False
+    return True
+
+
 def held_connection(port: int, index: int, stop_at: float, tally: Tally) -> None:
     """Answered without its body being read, it keeps trickling that body: the server should close the
     connection (or cut the drain) within seconds. Reconnects when closed, to keep the pressure on."""
@@ -64,21 +73,14 @@ def held_connection(port: int, index: int, stop_at: float, tally: Tally) -> None
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
                 sock.sendall(HELD_REQUESTS[index % len(HELD_REQUESTS)])
+                outcome = "open_at_end"
                 while time.monotonic() < stop_at:
                     time.sleep(min(HELD_TRICKLE_S, max(0.0, stop_at - time.monotonic())))
-                    if _closed(sock):
-                        tally.add("closed_by_server")
-                        tally.most("longest_held_s", time.monotonic() - opened)
+                    if _closed(sock) or not _sent(sock, b"x"):
+                        outcome = "closed_by_server"
                         break
-                    try:
-                        sock.sendall(b"x")
-                    except OSError:
-                        tally.add("closed_by_server")
-                        tally.most("longest_held_s", time.monotonic() - opened)
-                        break
-                else:
-                    tally.add("open_at_end")
-                    tally.most("longest_held_s", time.monotonic() - opened)
+                tally.add(outcome)
+                tally.most("longest_held_s", time.monotonic() - opened)
         except OSError:
             tally.add("refused")
             time.sleep(0.5)

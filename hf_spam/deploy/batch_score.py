@@ -216,7 +216,8 @@ def score(args) -> dict:
         from ray.data import ActorPoolStrategy
 
         start_ray(args.ray_address, args.num_cpus)
-        threads = max(1, (args.num_cpus or os.cpu_count()) // args.actors)
+        cores = args.num_cpus or os.cpu_count()
+        threads = max(1, cores // args.actors)
         scorer = dict(
             model_dir=str(Path(args.model).resolve()), backend=args.backend, dtype=args.dtype,
             batch_size=args.batch_size, text_column=args.text_column, id_column=args.id_column,
@@ -227,7 +228,7 @@ def score(args) -> dict:
                 group = [p.resolve() for p in pending if FORMATS[p.suffix.lower()] == kind]
                 scored = read_dataset(group, args.text_column, args.id_column).map_batches(
                     Scorer, fn_constructor_kwargs=scorer, compute=ActorPoolStrategy(size=args.actors),
-                    num_cpus=max(0.25, ((args.num_cpus or os.cpu_count()) - 1) / args.actors),
+                    num_cpus=max(0.25, (cores - 1) / args.actors),
                     batch_size=args.block_rows, batch_format="numpy",
                 )  # fmt: skip
                 for table in scored.iter_batches(batch_format="pyarrow", batch_size=None):

@@ -54,8 +54,8 @@ class MicroBatcher:
     Fairness: a model call holds at most `max_batch_texts` texts and `max_batch_tokens` tokens (one text
     at least), dealt by deficit round-robin across the requests waiting: each earns an equal share of the
     tokens. A client looping on 256 long texts gets its share of each call and no more: a one-text request
-    waits for one bounded call, not for the whole of someone else's batch. On HTTP/1.1 a connection has one request in flight, so this is
-    round-robin across connections too.
+    waits for one bounded call, not for the whole of someone else's batch. On HTTP/1.1 a connection has one
+    request in flight, so this is round-robin across connections too.
     """
 
     def __init__(self, predict, batch_wait_ms: float = 5.0, max_batch_texts: int = 256, max_batch_tokens: int = 2048):
