@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from hf_spam.cli import main as cli_main
-from hf_spam.deploy.classifier import BOOK_EXAMPLES
+from hf_spam.deploy.spam_classifier import BOOK_EXAMPLES
 
 from .conftest import ROOT
 

@@ -39,6 +39,9 @@ def test_a_three_class_model_of_ones_own_data_is_described_truly(tmp_path, canon
     assert printed.splitlines()[-2].split()[0] in {"ham", "promo", "phishing"}  # a test message of its own
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["data"]["classes"] == ["ham", "phishing", "promo"]
+    # What `hf-spam serve`'s page offers to click: a test message of each class, from this data.
+    by_text = dict(rows)
+    assert sorted(by_text[text] for text in metrics["examples"]) == ["ham", "phishing", "promo"]
 
 
 def test_a_binary_model_whose_spam_was_cut_says_so(tmp_path, canonical_file, capsys):

@@ -184,7 +184,8 @@ def test_smollm2_recipe_saves_a_llama_classifier_that_a_plain_pipeline_loads(tmp
     import subprocess
     import sys
 
-    from hf_spam.deploy.classifier import BOOK_EXAMPLES, load_classifier
+    from hf_spam.deploy.classifier import load_classifier
+    from hf_spam.deploy.spam_classifier import BOOK_EXAMPLES
 
     from .test_end_to_end import PLAIN_PIPELINE
 

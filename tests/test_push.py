@@ -12,8 +12,8 @@ import pytest
 from huggingface_hub import ModelCard
 from transformers import pipeline
 
-from hf_spam.deploy.classifier import BOOK_EXAMPLES
 from hf_spam.deploy.hub import files_to_push, push_output_dir
+from hf_spam.deploy.spam_classifier import BOOK_EXAMPLES
 from hf_spam.evaluation.model_card import render_model_card
 from hf_spam.models.loading import load_model
 

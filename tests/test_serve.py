@@ -358,14 +358,27 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(saved):
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
+PAGE_EXAMPLES = ["Claim your FREE prize now, text WIN to 80086", "See you at the station at 6", "ok"]
+
+
+@pytest.fixture
+def page_server(saved):
+    """A model whose run recorded example messages and chose a spam threshold, as `hf-spam train` leaves it."""
+    config_path = Path(saved) / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "spam_threshold": 0.25}))
+    (Path(saved) / "metrics.json").write_text(json.dumps({"examples": PAGE_EXAMPLES}))
+    with Server(create_app(saved, limits=Limits(max_texts=8))) as running:
+        yield running
+
+
 @pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver (.ci/run installs them)"
 )
-def test_the_page_in_a_real_headless_browser(server, saved):
+def test_the_page_in_a_real_headless_browser(page_server, saved):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     options = webdriver.ChromeOptions()
@@ -375,23 +388,42 @@ def test_the_page_in_a_real_headless_browser(server, saved):
                  f"--user-data-dir={Path(saved).parent / 'chromium-profile'}"):  # fmt: skip
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    predict = load_classifier(saved)
+    labels = [predict.config.id2label[i] for i in sorted(predict.config.id2label)]
+
+    def answers_shown(count):
+        WebDriverWait(driver, 20).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#result .answer")) == count)
+        return driver.find_elements(By.CSS_SELECTOR, "#result .answer")
+
+    def check(answer, message):
+        best = predict([message])[0]
+        assert answer.find_element(By.CSS_SELECTOR, ".label").text == best["label"]
+        assert answer.find_element(By.CSS_SELECTOR, ".score").text.strip() == f"{best['score']:.3f}"
+        bars = answer.find_elements(By.CSS_SELECTOR, ".bar")
+        assert [bar.get_attribute("data-label") for bar in bars] == labels  # one bar per class, in label order
+        probabilities = predict.predict_proba([message])[0]
+        assert [bar.find_element(By.CSS_SELECTOR, ".value").text for bar in bars] == [
+            f"{p:.3f}" for p in probabilities
+        ]
+
     try:
-        driver.get(server.url + "/")
-        expected = load_classifier(saved)(MESSAGES[:2])
-        for message, answer in zip(MESSAGES[:2], expected, strict=True):
-            box = driver.find_element(By.ID, "text")
-            box.clear()
-            box.send_keys(message)
-            driver.find_element(By.ID, "classify").click()
-            label = WebDriverWait(driver, 20).until(
-                lambda d: d.find_element(By.ID, "label") if d.find_element(By.ID, "result").text != "..." else None
-            )
-            WebDriverWait(driver, 20).until(
-                expected_conditions.text_to_be_present_in_element((By.ID, "history"), message[:20])
-            )
-            assert label.text == answer["label"]
-            assert driver.find_element(By.ID, "score").text.strip() == f"{answer['score']:.3f}"
-        assert len(driver.find_elements(By.CSS_SELECTOR, "#history li")) == 2
+        driver.get(page_server.url + "/")
+        WebDriverWait(driver, 20).until(lambda d: "labels" in d.find_element(By.ID, "model").text)
+        assert str(Path(saved).parent) not in driver.page_source  # the model's name, never where it lies
+        assert "at least 0.2500" in driver.find_element(By.ID, "explain").text  # the threshold, explained
+        examples = driver.find_elements(By.CSS_SELECTOR, "#examples button")
+        assert [button.text for button in examples] == PAGE_EXAMPLES
+        examples[0].click()
+        check(answers_shown(1)[0], PAGE_EXAMPLES[0])
+
+        box = driver.find_element(By.ID, "text")
+        box.clear()
+        box.send_keys("\n".join(MESSAGES[:3]))
+        driver.find_element(By.ID, "lines").click()
+        driver.find_element(By.ID, "classify").click()
+        for answer, message in zip(answers_shown(3), MESSAGES[:3], strict=True):
+            check(answer, message)
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#history li")) == 4
     finally:
         driver.quit()
 

@@ -26,11 +26,6 @@ from hf_spam.models.loading import (
 from hf_spam.models.pooled_forward import pooled_logits
 from hf_spam.models.template_prefix import template_prefix
 
-# The two messages chapter 6 of the book classifies after training.
-BOOK_EXAMPLES = [
-    "You are a winner you have been specially selected to receive $1000 cash or a $2000 award.",
-    "Hey, just wanted to check if we're still on for dinner tonight? Let me know!",
-]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 

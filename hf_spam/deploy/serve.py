@@ -25,7 +25,7 @@ from hf_spam.deploy.batching import MicroBatcher
 from hf_spam.deploy.guards import Slots, not_json, security_headers, unauthorized
 from hf_spam.deploy.observe import ACCESS, ServerMetrics, observing
 from hf_spam.deploy.requests import ClientGone, Limits, RequestError, answers, check_tokens, parse_request, read_body
-from hf_spam.deploy.spam_classifier import read_run_summary
+from hf_spam.deploy.spam_classifier import BOOK_EXAMPLES, read_run_summary
 
 logger = logging.getLogger(__name__)
 
@@ -264,6 +264,8 @@ def model_info(model_dir, predict, backend, dtype, batching: dict, limits) -> di
         "architecture": (config.architectures or [None])[0],
         "labels": [config.id2label[i] for i in sorted(config.id2label)],
         "threshold": predict.threshold,
+        # Messages the page offers to click: the run's own, or the book's for a ham/spam model.
+        "examples": summary.get("examples") or (BOOK_EXAMPLES if set(config.label2id) == {"ham", "spam"} else []),
         "backend": backend,
         "dtype": dtype,
         "micro_batching": batching,

@@ -14,6 +14,12 @@ from hf_spam.models.loading import (
     missing_local_path,
 )
 
+# The two messages chapter 6 of the book classifies after training.
+BOOK_EXAMPLES = [
+    "You are a winner you have been specially selected to receive $1000 cash or a $2000 award.",
+    "Hey, just wanted to check if we're still on for dinner tonight? Let me know!",
+]
+
 
 def check_model_location(model_dir: str) -> None:
     """A trained directory must be one: a file, or a path that is not there (and cannot be a Hub id `user/name` or `name`),

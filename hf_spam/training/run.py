@@ -26,8 +26,9 @@ from hf_spam.data.external import EvaluationSet, evaluation_set, present_files
 from hf_spam.data.sources import SourceError
 from hf_spam.data.splits import SplitError, load_splits
 from hf_spam.data.tokenize import tokenize_splits
-from hf_spam.deploy.classifier import BOOK_EXAMPLES, classifier
+from hf_spam.deploy.classifier import classifier
 from hf_spam.deploy.hub import push_output_dir
+from hf_spam.deploy.spam_classifier import BOOK_EXAMPLES
 from hf_spam.evaluation.metrics import compute_metrics
 from hf_spam.evaluation.model_card import ModelCardCallback, SpamModelCardData, write_model_card
 from hf_spam.evaluation.plots import plot_accuracy, plot_confusion_matrix, plot_loss
@@ -385,6 +386,7 @@ def save_run(trainer, model, tokenizer, card, summary: dict, probabilities, spli
         card.figures |= plot_external(staging, external, probabilities, report.classes.index("spam"))
     write_model_card(staging, card)
     summary["model_card"] = dataclasses.asdict(card)  # lets `hf-spam push` re-render it for a repo id
+    summary["examples"] = examples = example_messages(splits["test"], report)  # the serve page offers them
     (staging / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_predictions(staging / "test_predictions.csv", splits["test"], probabilities["test"], model.config)
     if external is not None:
@@ -395,7 +397,6 @@ def save_run(trainer, model, tokenizer, card, summary: dict, probabilities, spli
     publish(staging, output_dir)
     print(metrics_table(results, report.classes))
     # The trained model in memory, not a reload of output_dir: a second copy would be the run's peak memory.
-    examples = example_messages(splits["test"], report)
     for text, prediction in zip(examples, classifier(model, tokenizer)(examples), strict=True):
         print(f"{prediction['label']:>4} {prediction['score']:.3f}  {text}")
     print(f'saved to {output_dir}; try: hf-spam predict --model {output_dir} "{examples[0][:40]}"')
