@@ -320,6 +320,7 @@ def add_serve_parser(sub) -> None:
     )
     serve.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
     serve.add_argument("--dtype", choices=["float32", "bfloat16", "int8"], default="float32", help="As for predict.")
+    serve.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ... (torch backend).")
     serve.add_argument(
         "--batch_size", type=positive_int, default=64, help="Texts per forward pass, in token-length order."
     )

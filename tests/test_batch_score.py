@@ -68,3 +68,14 @@ def test_score_names_a_missing_input_in_one_line(saved, tmp_path, capsys):  # no
         score_main(["--model", saved, "--input", str(tmp_path / "nothing*.parquet"), "--output", str(tmp_path)]) == 2
     )
     assert "no .parquet, .csv or .jsonl file there" in capsys.readouterr().err
+
+
+def test_score_refuses_gpus_its_ray_cluster_lacks_instead_of_waiting(saved, inputs, tmp_path, capsys):  # noqa: F811
+    import torch
+
+    actors = torch.cuda.device_count() + 1  # one GPU more than this machine has
+    argv = ["--model", saved, "--input", str(inputs[0]), "--output", str(tmp_path / "out"), "--num_cpus", "2"]
+    assert score_main([*argv, "--device", "cuda", "--actors", str(actors)]) == 2
+    assert f"{actors} actor(s) need a GPU each; the Ray cluster has" in capsys.readouterr().err
+    assert score_main([*argv, "--device", "cuda", "--backend", "onnxruntime"]) == 2
+    assert "the onnxruntime backend runs on the CPU" in capsys.readouterr().err

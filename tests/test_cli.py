@@ -47,3 +47,40 @@ def test_training_into_a_pipe_writes_no_carriage_returns_and_says_where_it_saved
     assert result.returncode == 0, result.stderr[-2000:]
     assert "\r" not in result.stdout and "\r" not in result.stderr
     assert result.stdout.splitlines()[-1].startswith(f"saved to {out}; try: hf-spam predict --model {out} ")
+
+
+def test_train_device_flag_means_what_it_says(monkeypatch):
+    import torch
+
+    from hf_spam.training.arguments import ConfigError, parse_args
+
+    tiny = ["--config", str(ROOT / "configs" / "tiny.yaml")]
+    assert parse_args([*tiny, "--device", "cpu"])[2].device.type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device, message in [
+        ("cuda", "--device cuda: torch"),
+        ("cuda:1", "pick one with CUDA_VISIBLE_DEVICES=1"),
+        ("tpu", "--device: cpu, cuda or mps, got 'tpu'"),
+    ]:
+        try:
+            parse_args([*tiny, "--device", device])
+        except ConfigError as err:
+            assert message in str(err)
+        else:
+            raise AssertionError(f"--device {device} was accepted on a machine without it")
+
+
+def test_predict_and_serve_refuse_a_device_this_machine_lacks_in_one_line(tmp_path, tiny_model, tokenizer, capsys):
+    import torch
+
+    tiny_model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU, on any machine
+    capsys.readouterr()
+    assert main(["predict", "--model", str(tmp_path / "model"), "--device", missing, "hello"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"device {missing}: torch" in err
+    assert main(["serve", "--model", str(tmp_path / "model"), "--device", missing, "--port", "1"]) == 2
+    assert f"device {missing}: torch" in capsys.readouterr().err
+    assert main(["serve", "--model", str(tmp_path / "model"), "--backend", "onnxruntime", "--device", "cuda"]) == 2
+    assert "the onnxruntime backend runs on the CPU" in capsys.readouterr().err

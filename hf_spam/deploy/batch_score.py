@@ -61,13 +61,16 @@ def shard_name(path: Path, inputs: list[Path]) -> str:
 class Scorer:
     """A Ray actor: one `SpamClassifier`, loaded once, that scores a block of rows."""
 
-    def __init__(self, model_dir, backend, dtype, batch_size, text_column, id_column, max_text_chars, threads):
+    def __init__(self, model_dir, backend, dtype, device, batch_size, text_column, id_column, max_text_chars, threads):
         import torch
 
         from hf_spam.deploy.classifier import load_classifier
 
         torch.set_num_threads(threads)
-        self.classifier = load_classifier(model_dir, batch_size=batch_size, dtype=dtype, backend=backend, device="cpu")
+        # On a GPU, Ray has set CUDA_VISIBLE_DEVICES to this actor's own: "cuda" is that one.
+        self.classifier = load_classifier(
+            model_dir, batch_size=batch_size, dtype=dtype, backend=backend, device=device
+        )
         self.labels = [self.classifier.config.id2label[i] for i in sorted(self.classifier.config.id2label)]
         self.text_column, self.id_column, self.max_text_chars = text_column, id_column, max_text_chars
 
@@ -202,6 +205,15 @@ def _parquet_writer(path: Path, schema):
     return pq.ParquetWriter(path, pa.schema(fields))
 
 
+def check_gpus(needed: int) -> None:
+    """Ray would wait for ever for GPUs its cluster lacks: refuse at once instead."""
+    import ray
+
+    have = ray.cluster_resources().get("GPU", 0)
+    if needed > have:
+        raise ValueError(f"--device cuda: {needed} actor(s) need a GPU each; the Ray cluster has {have:g}")
+
+
 def score(args) -> dict:
     """Score every input file not yet scored; write its shard and the `_SUCCESS` summary; the summary."""
     files = input_files(args.input)
@@ -217,18 +229,20 @@ def score(args) -> dict:
 
         start_ray(args.ray_address, args.num_cpus)
         cores = args.num_cpus or os.cpu_count()
+        gpus = 1 if args.device == "cuda" else 0  # per actor
         threads = max(1, cores // args.actors)
         scorer = dict(
-            model_dir=str(Path(args.model).resolve()), backend=args.backend, dtype=args.dtype,
+            model_dir=str(Path(args.model).resolve()), backend=args.backend, dtype=args.dtype, device=args.device,
             batch_size=args.batch_size, text_column=args.text_column, id_column=args.id_column,
             max_text_chars=args.max_text_chars, threads=threads,
         )  # fmt: skip
         try:
+            check_gpus(gpus * args.actors)
             for kind in dict.fromkeys(FORMATS[p.suffix.lower()] for p in pending):
                 group = [p.resolve() for p in pending if FORMATS[p.suffix.lower()] == kind]
                 scored = read_dataset(group, args.text_column, args.id_column).map_batches(
                     Scorer, fn_constructor_kwargs=scorer, compute=ActorPoolStrategy(size=args.actors),
-                    num_cpus=max(0.25, (cores - 1) / args.actors),
+                    num_cpus=max(0.25, (cores - 1) / args.actors), num_gpus=gpus,
                     batch_size=args.block_rows, batch_format="numpy",
                 )  # fmt: skip
                 for table in scored.iter_batches(batch_format="pyarrow", batch_size=None):
@@ -243,6 +257,7 @@ def score(args) -> dict:
         "model": Path(args.model).name,
         "backend": args.backend,
         "dtype": args.dtype,
+        "device": args.device,
         "actors": args.actors,
         "files": len(files),
         "shards_written": writer.summary["shards"],
@@ -271,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ray_address", default=None, help="A running Ray cluster (`auto`, or ray://HOST:10001).")
     parser.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "int8"], default="float32")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: one GPU per actor (torch).")
     parser.add_argument("--batch_size", type=positive_int, default=64, help="Texts per forward pass (default 64).")
     parser.add_argument("--block_rows", type=positive_int, default=4096, help="Rows an actor scores a call.")
     parser.add_argument("--max_text_chars", type=positive_int, default=100_000, help="Longer texts are refused.")
@@ -285,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
             f"hf-spam score: --model {args.model}: no config.json there (a directory of hf-spam train)",
             file=sys.stderr,
         )
+        return 2
+    if args.backend == "onnxruntime" and args.device != "cpu":
+        print("hf-spam score: --device: the onnxruntime backend runs on the CPU", file=sys.stderr)
         return 2
     try:
         summary = score(args)

@@ -53,11 +53,13 @@ def load_classifier(
     `dtype="int8"`, `onnx/model_quantized.onnx`, on the CPU, with the same batching and answers.
     """
     if backend == "onnxruntime":
+        if device not in (None, "cpu"):
+            raise ValueError(f"device: the onnxruntime backend runs on the CPU, got {device!r}")
         return onnx_classifier(model_dir, batch_size, dtype, threshold)
     if backend != "torch":
         raise ValueError(f"backend: torch or onnxruntime, got {backend!r}")
     _torch_dtype(dtype)  # before loading: an unknown dtype fails at once
-    model, tokenizer = load_model_dir(model_dir, device)
+    model, tokenizer = load_model_dir(model_dir, resolve_device(device))
     return classifier(model, tokenizer, batch_size, dtype, threshold)
 
 
@@ -73,10 +75,26 @@ def load_model_dir(model_dir: str, device: str | int | None = "cpu") -> tuple[Pr
         model_dir, config=config, trust_remote_code=False, use_safetensors=True
     ).eval()
     use_fused_gelu(model)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(torch.device(f"cuda:{device}" if isinstance(device, int) else device))
+    model.to(resolve_device(device))
     return model, tokenizer
+
+
+def resolve_device(device: str | int | torch.device | None) -> torch.device:
+    """`device` as torch names it (None: cuda where a GPU is visible, else the CPU), refused at once, with a
+    `ValueError` naming it, where this machine has no such device (torch would fail at the first batch)."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(f"cuda:{device}" if isinstance(device, int) else device)
+    except RuntimeError as err:
+        raise ValueError(f"device: expected cpu, cuda, cuda:N or mps, got {device!r} ({err})") from None
+    if resolved.type == "cuda" and not (
+        torch.cuda.is_available() and (resolved.index or 0) < torch.cuda.device_count()
+    ):
+        raise ValueError(f"device {resolved}: torch {torch.__version__} sees {torch.cuda.device_count()} CUDA GPU(s)")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {resolved}: this torch has no MPS device (Apple silicon)")
+    return resolved
 
 
 def classifier(

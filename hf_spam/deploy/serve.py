@@ -45,6 +45,7 @@ def create_app(
     api_key: str | None = None,
     access_log: bool = True,
     allowed_hosts: list[str] | None = None,
+    device: str = "cpu",
 ):
     """The FastAPI application; `predict` (a `SpamClassifier`) is loaded from `model_dir` if not given.
 
@@ -59,7 +60,7 @@ def create_app(
 
     limits = limits or Limits()
     if predict is None:
-        predict = load_classifier(model_dir, batch_size=batch_size, dtype=dtype, backend=backend, device="cpu")
+        predict = load_classifier(model_dir, batch_size=batch_size, dtype=dtype, backend=backend, device=device)
     check_servable(model_dir, predict, limits)
     batcher = MicroBatcher(predict, batch_wait_ms, max_batch_texts, max_batch_tokens)
     metrics = ServerMetrics()
@@ -71,6 +72,7 @@ def create_app(
         "max_batch_tokens": max_batch_tokens,
     }
     info = model_info(model_dir, predict, backend, dtype, batching, limits)
+    info["device"] = device
     info["api_key_required"] = api_key is not None
     expected = api_key.encode() if api_key is not None else None
 
@@ -300,6 +302,7 @@ def serve(args) -> int:
         api_key=api_key,
         access_log=args.access_log,
         allowed_hosts=args.allowed_hosts,
+        device=args.device,
     )
     if args.access_log:  # uvicorn's own access log is off (log_level warning): ours names texts and tokens, no text
         handler = logging.StreamHandler()
@@ -307,8 +310,9 @@ def serve(args) -> int:
         ACCESS.addHandler(handler)
         ACCESS.setLevel(logging.INFO)
     logger.info(
-        "Serving %s on http://%s:%d (backend %s, %s)", args.model, args.host, args.port, args.backend, args.dtype
-    )
+        "Serving %s on http://%s:%d (backend %s, %s, on %s)",
+        args.model, args.host, args.port, args.backend, args.dtype, args.device,
+    )  # fmt: skip
     if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("Serving on %s without an API key: anyone who reaches it may use it (--api_key)", args.host)
     config = uvicorn.Config(

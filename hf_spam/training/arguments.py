@@ -270,10 +270,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     """Parse `--config FILE.yaml` (defaults) and CLI flags (overrides) into the three dataclasses."""
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config", type=Path)
+    pre.add_argument("--device")
     known, rest = pre.parse_known_args(argv)
+    rest += device_flags(known.device)
     # No abbreviations: `--num_train_epoch 1` must be an error, not quietly another flag.
     parser = HfArgumentParser(ALL_ARGUMENTS, prog="hf-spam train", allow_abbrev=False)
     parser.error = _one_line_error  # argparse would print the usage of every flag (over a hundred lines) first
+    # Listed in --help only: the pre-parser above has taken it (TrainingArguments.device is a property).
+    parser.add_argument("--device", help=DEVICE_HELP)
     if known.config is not None:
         parser.set_defaults(**load_yaml(known.config))
     try:
@@ -282,13 +286,41 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
         raise ConfigError(str(err)) from err
     if unknown:
         raise ConfigError(unknown_flags(unknown, parser))
-    model_args, data_args, training_args = parsed
+    model_args, data_args, training_args = parsed[:3]  # a fourth: the namespace of --help's own --device
     try:
         for arguments in (model_args, data_args, training_args):
             check_finite(arguments)
     except ValueError as err:
         raise ConfigError(str(err)) from err
     return model_args, data_args, training_args
+
+
+DEVICE_HELP = (
+    "Where to train: cpu, cuda (every visible GPU, one per process under accelerate launch; choose them with "
+    "CUDA_VISIBLE_DEVICES) or mps. Default: a GPU where one is visible, else the CPU (Transformers' choice)."
+)
+
+
+def device_flags(device: str | None) -> list[str]:
+    """`--device` as the TrainingArguments flags that mean it, refused at once where that device is absent."""
+    if device in (None, "auto"):
+        return []
+    if device == "cpu":
+        return ["--use_cpu", "true"]
+    import torch
+
+    if device.startswith("cuda:"):
+        raise ConfigError(
+            f"--device {device}: train uses every visible GPU; pick one with CUDA_VISIBLE_DEVICES="
+            f"{device.split(':', 1)[1]} and --device cuda"
+        )
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device cuda: torch {torch.__version__} sees no CUDA GPU; use --device cpu")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps: this torch has no MPS device (Apple silicon); use --device cpu")
+    if device not in ("cuda", "mps"):
+        raise ConfigError(f"--device: cpu, cuda or mps, got {device!r}")
+    return []
 
 
 def unknown_flags(unknown: list[str], parser: argparse.ArgumentParser) -> str:
