@@ -20,6 +20,7 @@ from hf_spam.argtypes import (
     positive_float,
     positive_int,
 )
+from hf_spam.progress import add_disable_tqdm, quiet_library_bars
 
 # Heavy libraries (torch, transformers, datasets) are imported by the command that runs, never by the parser:
 # `hf-spam --help` and a mistyped flag answer at once.
@@ -53,6 +54,7 @@ def predict_command(args: argparse.Namespace) -> int:
     from hf_spam.malloc import keep_freed_memory
 
     keep_freed_memory()
+    quiet_library_bars(args.disable_tqdm)  # "Loading weights" too: a log in a file gets no \r fragments
     try:
         classifier = load_classifier(
             args.model,
@@ -76,9 +78,11 @@ def predict_command(args: argparse.Namespace) -> int:
                   "iconv -f UTF-16 -t UTF-8", file=sys.stderr)  # fmt: skip
             return 2
     from hf_spam.deploy.predict_input import input_records, where_of
+    from hf_spam.progress import progress_bar
 
     failed = False
     records = input_records(args)
+    bar = progress_bar(len(args.texts) or None, "Classifying", disable=args.disable_tqdm)
     # Read in chunks so that a long stream is answered as it goes, in bounded memory.
     try:
         while chunk := list(itertools.islice(records, args.chunk_size)):
@@ -87,7 +91,8 @@ def predict_command(args: argparse.Namespace) -> int:
             }
             valid = [(where, key, text) for where, key, text, error in chunk if not error]
             # A chunk of nothing but empty or undecodable lines has nothing to classify (pipeline([]) fails).
-            predictions = classifier([text for _, _, text in valid]) if valid else []
+            predictions = classifier([text for _, _, text in valid], bar.update) if valid else []
+            bar.update(len(chunk) - len(valid))  # the refused lines, answered with their error
             for (where, key, _), prediction in zip(valid, predictions, strict=True):
                 answers[where] = {**where_of(args, where, key), **prediction} if args.id_column else prediction
             for where, *_ in chunk:
@@ -97,6 +102,8 @@ def predict_command(args: argparse.Namespace) -> int:
     except ValueError as err:  # a CSV without the text or id column: nothing can be read
         print(f"hf-spam predict: {err}", file=sys.stderr)
         return 2
+    finally:
+        bar.close()
     return 1 if failed else 0
 
 
@@ -108,8 +115,11 @@ def export_command(args: argparse.Namespace) -> int:
     from hf_spam.deploy.onnx_runtime import OnnxMissingError
     from hf_spam.deploy.spam_classifier import naming_the_model
 
+    quiet_library_bars(args.disable_tqdm)
     try:
-        report = export(args.model_dir, args.quantize, args.test_file, args.max_accuracy_drop, args.opset)
+        report = export(
+            args.model_dir, args.quantize, args.test_file, args.max_accuracy_drop, args.opset, args.disable_tqdm
+        )
     except ExportError as err:  # the graph does not match, or int8 costs too much: nothing was kept
         print(f"hf-spam export: {err}", file=sys.stderr)
         return 1
@@ -117,6 +127,9 @@ def export_command(args: argparse.Namespace) -> int:
         print(f"hf-spam export: {naming_the_model(args.model_dir, err)}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=2))
+    kept = [f"{report[k]['file']} ({report[k]['bytes'] / 1e6:.1f} MB)" for k in ("float32", "int8") if k in report]
+    print(f"hf-spam export: {', '.join(kept)} in {args.model_dir}/onnx, verified on {report['messages']:,} messages "
+          f"of the {report['verified_on']}", file=sys.stderr)  # fmt: skip
     return 0
 
 
@@ -255,6 +268,7 @@ def add_predict_parser(sub) -> None:
     predict.add_argument("--input_format", choices=["lines", "csv", "jsonl"], default="lines",
                          help="stdin as one text a line (default), a CSV with a header, or JSON Lines.")  # fmt: skip
     predict.add_argument("--text_column", default="text", help="The text's column or field (csv, jsonl).")
+    add_disable_tqdm(predict)
     predict.add_argument("--id_column", default=None, help="A column or field to echo as `id` in each answer.")
     predict.add_argument(
         "--backend",
@@ -277,6 +291,7 @@ def add_export_parser(sub) -> None:
     export = sub.add_parser("export", help="Export a trained model to ONNX (and int8), verified on its test split.")
     export.add_argument("model_dir", help="A directory written by `hf-spam train`; the files go to MODEL_DIR/onnx/.")
     export.add_argument("--quantize", choices=["int8"], default=None, help="Also write onnx/model_quantized.onnx.")
+    add_disable_tqdm(export)
     export.add_argument(
         "--test_file",
         default=None,

@@ -17,6 +17,7 @@ PACKAGE = ROOT / "hf_spam"
 LAYERS = {
     "argtypes": 0,
     "malloc": 0,
+    "progress": 0,
     "data": 1,
     "models": 2,
     "evaluation": 3,

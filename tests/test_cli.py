@@ -1,5 +1,6 @@
 """The `hf-spam` command itself: its version, a help that answers at once, and no abbreviated flags."""
 
+import io
 import subprocess
 import sys
 import time
@@ -84,3 +85,56 @@ def test_predict_and_serve_refuse_a_device_this_machine_lacks_in_one_line(tmp_pa
     assert f"device {missing}: torch" in capsys.readouterr().err
     assert main(["serve", "--model", str(tmp_path / "model"), "--backend", "onnxruntime", "--device", "cuda"]) == 2
     assert "the onnxruntime backend runs on the CPU" in capsys.readouterr().err
+
+
+def stderr_on_a_terminal(argv: list[str], stdin: str) -> tuple[int, str, str]:
+    """Run `hf-spam ARGV` with its stderr on a pseudo-terminal (as in a shell) and stdout in a pipe."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+    import threading
+
+    leader, follower = pty.openpty()
+    # 24 x 120, as a terminal window: a new pty is 0 columns wide, and tqdm draws nothing in 0 columns.
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    seen = bytearray()
+
+    def drain():
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the follower closed: the process has ended
+                return
+            if not chunk:
+                return
+            seen.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    process = subprocess.run(
+        [sys.executable, "-m", "hf_spam.cli", *argv], input=stdin, stdout=subprocess.PIPE, stderr=follower,
+        text=True, timeout=300,
+    )  # fmt: skip
+    os.close(follower)
+    reader.join(timeout=10)
+    os.close(leader)
+    return process.returncode, process.stdout, seen.decode("utf-8", "replace")
+
+
+def test_predict_shows_progress_on_a_terminal_only(tmp_path, tiny_model, tokenizer, capsys, monkeypatch):
+    tiny_model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    lines = "".join(f"message number {i} for you\n" for i in range(300)) + "message number 1 for you\n"
+    argv = ["predict", "--model", str(tmp_path / "model"), "--batch_size", "16"]
+    code, out, terminal = stderr_on_a_terminal(argv, lines)
+    assert code == 0 and len(out.splitlines()) == 301
+    assert "Classifying" in terminal and "301msg" in terminal.replace(" ", "")  # every line counted, repeats too
+    capsys.readouterr()
+    for extra, terminal in (([], False), (["--disable_tqdm"], True)):  # a pipe; a terminal, told not to
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(lines.encode())))
+        monkeypatch.setattr(sys.stderr, "isatty", lambda terminal=terminal: terminal)
+        assert main([*argv, *extra]) == 0
+        printed = capsys.readouterr()
+        assert len(printed.out.splitlines()) == 301 and "Classifying" not in printed.err and "\r" not in printed.err

@@ -62,7 +62,8 @@ def test_training_writes_a_standalone_classifier_and_metrics(trained):
     assert natural["unseen_ham"] == 3865 + 131 and natural["spam_rate"] == 653 / 5171
     low, high = natural["false_positive_rate_95ci"]
     assert 0 <= low <= natural["false_positive_rate"] <= high <= 1
-    for plot in ("loss.png", "accuracy.png", "confusion_matrix.png"):
+    pictures = ("test_pr_roc.png", "test_scores.png", "held_out_pr_roc.png", "held_out_scores.png")
+    for plot in ("loss.png", "accuracy.png", "confusion_matrix.png", *pictures):
         assert (model_dir / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
     card = (model_dir / "README.md").read_text()
     assert "pipeline_tag: text-classification" in card

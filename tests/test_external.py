@@ -147,7 +147,7 @@ def test_training_scores_external_files_but_never_trains_on_them(trained):
 def test_eval_reports_the_model_beside_baselines_fitted_on_its_own_training_data(trained, tmp_path, capsys):
     out, external, first_ham = trained
     report_dir = tmp_path / "report"
-    assert eval_main([str(out), "--data", external, "--output_dir", str(report_dir), "--no-progress"]) == 0
+    assert eval_main([str(out), "--data", external, "--output_dir", str(report_dir), "--disable_tqdm"]) == 0
     assert "this model" in capsys.readouterr().out
     report = json.loads((report_dir / "eval.json").read_text())
     assert report["left_out"]["in the training data"] == 1 and report["baselines_trained_on"] == 914
@@ -175,7 +175,7 @@ def test_eval_reports_the_model_beside_baselines_fitted_on_its_own_training_data
 
 def test_eval_of_a_missing_file_is_one_line(trained, tmp_path, capsys):
     out, _, _ = trained
-    assert eval_main([str(out), "--data", str(tmp_path / "nope.csv"), "--no-progress"]) == 2
+    assert eval_main([str(out), "--data", str(tmp_path / "nope.csv"), "--disable_tqdm"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"hf-spam eval: {tmp_path / 'nope.csv'}: no such file"
 

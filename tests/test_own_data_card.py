@@ -39,6 +39,7 @@ def test_a_three_class_model_of_ones_own_data_is_described_truly(tmp_path, canon
     assert printed.splitlines()[-2].split()[0] in {"ham", "promo", "phishing"}  # a test message of its own
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["data"]["classes"] == ["ham", "phishing", "promo"]
+    assert not list(out.glob("*pr_roc.png"))  # spam-vs-ham rankings mean nothing for three classes
     # What `hf-spam serve`'s page offers to click: a test message of each class, from this data.
     by_text = dict(rows)
     assert sorted(by_text[text] for text in metrics["examples"]) == ["ham", "phishing", "promo"]
@@ -56,6 +57,11 @@ def test_a_binary_model_whose_spam_was_cut_says_so(tmp_path, canonical_file, cap
     card = (out / "README.md").read_text()
     assert "undersampling spam (leaving out 80) to the size of the smallest class" in card
     assert "undersampling ham" not in card
+    # Its rankings drawn and embedded: the test split, and every message it never saw (test + the held-out spam).
+    for stem in ("test", "held_out"):
+        for picture in (f"{stem}_pr_roc.png", f"{stem}_scores.png"):
+            assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({picture})" in card
+    assert "the test split + the held-out messages (" in card
     line = next(line for line in printed.splitlines() if line.startswith("at the data's spam rate"))
     assert "(the test split and the 80 messages balancing left out)" in line
     assert "unseen ham (test +" not in line

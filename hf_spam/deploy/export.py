@@ -23,7 +23,6 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,9 +37,7 @@ from hf_spam.models.parts import is_gpt2
 from hf_spam.models.pooled_forward import pooled_logits
 from hf_spam.models.pooling import pooling_of
 from hf_spam.models.template_prefix import TemplatePrefix, template_prefix
-
-if TYPE_CHECKING:
-    pass
+from hf_spam.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +98,10 @@ def export(
     test_file: str | None = None,
     max_accuracy_drop: float = 0.5,
     opset: int | None = None,
+    disable_tqdm: bool = False,
 ) -> dict:
     """Export, verify, then move `onnx/` into `model_dir`; returns what `onnx/verification.json` holds.
-    `opset`: None for `DEFAULT_OPSET`."""
+    `opset`: None for `DEFAULT_OPSET`. A bar names each step on a terminal, unless `disable_tqdm`."""
     require_onnx()
     opset = DEFAULT_OPSET if opset is None else opset
     if quantize not in (None, "int8"):
@@ -117,16 +115,22 @@ def export(
     texts, labels, split = verification_split(model_dir, model.config, test_file)
     work = Path(tempfile.mkdtemp(prefix=".onnx-", dir=model_dir))
     work.chmod(0o755)  # mkdtemp's 0700 would hide the files from a server running as another user
+    bar = progress_bar(4 if quantize else 3, "Exporting the graph", "step", disable_tqdm)
     try:
         started = time.perf_counter()
         float_path = work / ONNX_FILES["float32"]
         opening = export_graph(model, tokenizer, float_path, opset)
+        bar.update()
         report = {"model_dir": str(model_dir), "opset": opset, "verified_on": split, "messages": len(texts)}
         report["template_opening_tokens"] = opening
         report["export_seconds"] = round(time.perf_counter() - started, 1)
 
+        bar.set_description(f"Scoring the {split} with torch")
         reference = classifier(model, tokenizer).predict_proba(texts)
+        bar.update()
+        bar.set_description(f"Scoring the {split} with the ONNX graph")
         exported = onnx_probabilities(float_path, tokenizer, model.config)(texts)
+        bar.update()
         difference = float(np.abs(exported - reference).max()) if len(texts) else 0.0
         disagree = int((exported.argmax(-1) != reference.argmax(-1)).sum())
         report["float32"] = {
@@ -143,6 +147,7 @@ def export(
                 f"difference {difference:.3g} (allowed {SCORE_TOLERANCE:g}), {disagree} labels differ"
             )
         if quantize == "int8":
+            bar.set_description("Quantizing to int8 and scoring")
             report["int8"] = verify_int8(work, tokenizer, model.config, texts, labels, exported, max_accuracy_drop)
             if report["int8"]["accuracy_drop_points"] > max_accuracy_drop:
                 raise ExportError(
@@ -153,8 +158,10 @@ def export(
         report["exported_from"] = source_digests(model_dir)
         (work / "verification.json").write_text(json.dumps(report, indent=2) + "\n")
         replace_onnx_dir(work, Path(model_dir) / "onnx")
+        bar.update(bar.total - bar.n)
         return report
     finally:
+        bar.close()
         if work.exists():
             shutil.rmtree(work)
 

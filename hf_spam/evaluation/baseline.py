@@ -30,10 +30,11 @@ def tfidf_classifier(seed: int = 123) -> Pipeline:
     )
 
 
-def tfidf_baseline(splits, seed: int = 123) -> dict[str, dict]:
-    """Fit on `splits["train"]`; per split: accuracy, precision, recall, f1, examples, confusion matrix."""
-    model = tfidf_classifier(seed)
-    model.fit(list(splits["train"]["text"]), np.asarray(splits["train"]["label"]))
+def tfidf_baseline(splits, seed: int = 123, model=None) -> dict[str, dict]:
+    """Fit on `splits["train"]` (or take `model`, fitted there); per split: accuracy, precision, recall, f1,
+    examples, confusion matrix."""
+    if model is None:
+        model = tfidf_classifier(seed).fit(list(splits["train"]["text"]), np.asarray(splits["train"]["label"]))
     classes = splits["train"].features["label"].names
     return {
         name: score_predictions(model.predict(list(split["text"])), np.asarray(split["label"]), classes)

@@ -355,5 +355,5 @@ def write_model_card(output_dir: str | Path, data: SpamModelCardData) -> Path:
     """Render the card into `output_dir/README.md` and return its path."""
     path = Path(output_dir) / "README.md"
     path.write_text(render_model_card(data), encoding="utf-8")
-    logger.info("Model card written to %s", path)
+    logger.debug("Model card written to %s", path)  # into staging: "saved to" names where it lands
     return path

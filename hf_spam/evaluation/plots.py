@@ -110,7 +110,7 @@ def plot_score_histogram(labels, scores, path: str | Path, title: str = "", thre
     ax.set_ylabel("Messages (log scale)")
     ax.legend(loc="upper center")
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=9 if len(title) > 60 else None)
     return _save(fig, path)
 
 

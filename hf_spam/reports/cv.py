@@ -48,6 +48,7 @@ from hf_spam.evaluation.sentence_baseline import (
     sentence_model_dir,
     sentence_probe,
 )
+from hf_spam.progress import progress_bar
 from hf_spam.reports.cv_external import (
     DEFAULT_MAX_HAM,
     baseline_scores,
@@ -242,11 +243,15 @@ def cross_validate(
     embeddings = sentence_vectors(texts, data_digest(texts, labels), baselines)
     started = time.perf_counter()
     results = []
+    # Each fold's training logs to its train.log: on a terminal, this bar is what moves meanwhile.
+    bar = progress_bar(n_folds, "Cross-validating", "fold", training_args.disable_tqdm)
     for k in range(n_folds):
         path = cv_dir / f"fold-{k + 1}" / "result.json"
+        bar.set_postfix_str(f"training fold {k + 1}")
         if path.is_file():
             results.append(json.loads(path.read_text()))
-            print(f"fold {k + 1}/{n_folds}: done earlier ({path})", flush=True)
+            say(bar, f"fold {k + 1}/{n_folds}: done earlier ({path})")
+            bar.update()
             continue
         fold_dir = cv_dir / f"fold-{k + 1}"
         model_args, data_args, training_args = parse_args([*argv, "--output_dir", str(fold_dir / "model")])
@@ -269,7 +274,9 @@ def cross_validate(
         fold["probabilities"] = {name: p.tolist() for name, p in scored.items()}
         write_atomically(json.dumps(fold).encode() + b"\n", path)
         results.append(fold)
-        print(fold_line(fold, n_folds, folds.classes, binary), flush=True)
+        say(bar, fold_line(fold, n_folds, folds.classes, binary))
+        bar.update()
+    bar.close()
     summary = summarize(results, folds, binary, time.perf_counter() - started)
     if all("external" in r for r in results):
         summary["external"] = summarize_external(results, folds.classes)
@@ -279,6 +286,12 @@ def cross_validate(
     print(markdown_summary(summary, binary))
     print(f"written to {cv_dir}: oof.csv, cv.json, cv.md")
     return summary
+
+
+def say(bar, line: str) -> None:
+    """A line on stdout, under the bar on a terminal, at once in a pipe."""
+    bar.write(line, file=sys.stdout)
+    sys.stdout.flush()
 
 
 def sentence_vectors(texts: list[str], digest: str, wanted: bool) -> dict[str, np.ndarray] | None:

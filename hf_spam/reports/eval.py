@@ -32,12 +32,11 @@ from hf_spam.data.collection import csv_cell, write_atomically
 from hf_spam.data.external import EvaluationSet, evaluation_set
 from hf_spam.evaluation.cross_corpus import corpus_metrics, errors_table, per_file_table, summary_table, worst_errors
 from hf_spam.evaluation.metrics import FPR_BUDGETS, spam_log_odds
+from hf_spam.progress import add_disable_tqdm, quiet_library_bars
 
 logger = logging.getLogger("hf_spam")
 
 NAMES = {"model": "this model", "tfidf": "TF-IDF char_wb 2-5 + LR", "minilm": "all-MiniLM-L6-v2 + LR"}
-# Texts per scoring call: what a progress bar ticks by.
-CHUNK = 512
 
 
 class EvalError(ValueError):
@@ -59,16 +58,12 @@ def training_data(model_dir: str, summary: dict):
         return None
 
 
-def model_scores(classifier, texts: list[str], progress: bool) -> np.ndarray:
-    """The classifier's probabilities of every text, in chunks, with a progress bar on a terminal."""
-    from tqdm.auto import tqdm
+def model_scores(classifier, texts: list[str], disable_tqdm: bool) -> np.ndarray:
+    """The classifier's probabilities of every text, with a progress bar on a terminal."""
+    from hf_spam.progress import progress_bar
 
-    rows = []
-    with tqdm(total=len(texts), desc="Scoring", unit="msg", disable=not progress) as bar:
-        for start in range(0, len(texts), CHUNK):
-            rows.append(classifier.predict_proba(texts[start : start + CHUNK]))
-            bar.update(min(CHUNK, len(texts) - start))
-    return np.concatenate(rows) if rows else np.zeros((0, 2))
+    with progress_bar(len(texts), "Scoring", disable=disable_tqdm) as bar:
+        return classifier.predict_proba(texts, bar.update)
 
 
 def baseline_scores(train, texts: list[str], seed: int, sentence: bool) -> dict[str, np.ndarray]:
@@ -109,7 +104,7 @@ def evaluate_model(args: argparse.Namespace) -> dict:
     if not len(data):
         raise EvalError(f"{', '.join(args.data)}: no message left to score ({data.describe(classes)})")
     print(f"hf-spam eval: {data.describe(classes)}", file=sys.stderr)
-    probabilities = {"model": model_scores(classifier, data.texts, args.progress)}
+    probabilities = {"model": model_scores(classifier, data.texts, args.disable_tqdm)}
     flagged = {"model": classifier.decide(probabilities["model"]) == 1}
     if splits is not None and args.baselines:
         probabilities |= baseline_scores(splits["train"], data.texts, args.seed, sentence=True)
@@ -199,10 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (torch; default: cuda where available).")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty())
+    add_disable_tqdm(parser)
     args = parser.parse_args(argv)
     if args.max_ham is not None and args.max_ham < 1:
         parser.error(f"--max_ham must be at least 1, got {args.max_ham}")
+    quiet_library_bars(args.disable_tqdm)
     try:
         report = evaluate_model(args)
     except (EvalError, SourceError, ValueError, OSError, SafetensorError, RuntimeError) as err:

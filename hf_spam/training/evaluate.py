@@ -19,6 +19,7 @@ from hf_spam.evaluation.baseline import tfidf_baseline, tfidf_classifier
 from hf_spam.evaluation.cross_corpus import budget_names, corpus_metrics
 from hf_spam.evaluation.metrics import FPR_BUDGETS, at_spam_rate, score_predictions, spam_log_odds
 from hf_spam.evaluation.plots import plot_ranking, plot_score_histogram
+from hf_spam.progress import progress_bar
 from hf_spam.training.arguments import ConfigError
 
 logger = logging.getLogger("hf_spam")
@@ -85,11 +86,18 @@ def decision_threshold(model, tokenizer, validation, test, max_fpr: float) -> tu
     }
 
 
-def natural_rate_metrics(model, tokenizer, held_out, test: dict, spam_rate: float) -> tuple[dict, dict]:
-    """Score the messages balancing left out with the trained model (the prediction path users get), and
-    what test + held-out say of the data's own spam rate (`metrics.at_spam_rate`)."""
-    held = _scored(classifier(model, tokenizer), model, held_out)
-    return held, at_spam_rate(test, held, spam_rate)
+def natural_rate_metrics(
+    model, tokenizer, held_out, test: dict, spam_rate: float, disable_tqdm: bool = False
+) -> tuple[dict, dict, np.ndarray]:
+    """Score the messages balancing left out with the trained model (the prediction path users get): their
+    metrics, what test + held-out say of the data's own spam rate (`metrics.at_spam_rate`), and their class
+    probabilities. Thousands of messages at full depth: a progress bar on a terminal."""
+    predict = classifier(model, tokenizer)
+    texts = list(held_out["text"])
+    with progress_bar(len(texts), "Scoring the held-out messages", disable=disable_tqdm) as bar:
+        probabilities = predict.predict_proba(texts, bar.update)
+    held = score_predictions(predict.decide(probabilities).tolist(), list(held_out["label"]))
+    return held, at_spam_rate(test, held, spam_rate), probabilities
 
 
 def _scored(predict, model, split) -> dict:
@@ -230,6 +238,61 @@ def plot_external(directory: Path, external, probabilities: dict, spam: int) -> 
     }
 
 
+def ranking_scores(test, held_out, probabilities: dict, tfidf, config) -> dict[str, dict]:
+    """What the test split's pictures, and those at the data's own spam rate (test + the messages balancing
+    left out), are drawn from: labels (1 = spam) and the spam log-odds of the model and of TF-IDF."""
+    spam = config.label2id["spam"]
+    parts = {"test": (test, probabilities["test"])}
+    if "held_out" in probabilities:
+        both = list(test["text"]) + list(held_out["text"])
+        labels = list(test["label"]) + list(held_out["label"])
+        parts["natural_rate"] = (
+            {"text": both, "label": labels},
+            np.concatenate([probabilities["test"], probabilities["held_out"]]),
+        )
+    return {
+        name: {
+            "labels": (np.asarray(split["label"]) == spam).astype(int),
+            "fine-tuned": spam_log_odds(model_p, spam),
+            "TF-IDF": spam_log_odds(tfidf.predict_proba(list(split["text"])), spam),
+        }
+        for name, (split, model_p) in parts.items()
+    }
+
+
+def plot_rankings(directory: Path, rankings: dict[str, dict], threshold: float | None) -> dict[str, str]:
+    """PR/ROC curves (the model beside TF-IDF, false-positive budgets marked) and the model's score histogram
+    (the decision threshold marked) for the test split and, where balancing left messages out, for every
+    message the model never saw (test + held out: the PR curve's precision is at that pool's spam share)."""
+    marks = {"threshold": math.log(threshold / (1 - threshold))} if threshold not in (None, 0.0, 1.0) else None
+    where = {
+        "test": ("test", "the test split"),
+        "natural_rate": ("held_out", "the test split + the held-out messages"),
+    }
+    figures = {}
+    for name, scores in rankings.items():
+        stem, what = where[name]
+        labels = scores["labels"]
+        curves = {k: (labels, v) for k, v in scores.items() if k != "labels"}
+        counts = f"{int(labels.sum()):,} spam, {int((1 - labels).sum()):,} ham ({labels.mean():.1%} spam)"
+        title = f"{what[0].upper()}{what[1:]}: {counts}"
+        plot_ranking(curves, directory / f"{stem}_pr_roc.png", FPR_BUDGETS, title, float(labels.mean()))
+        plot_score_histogram(labels, scores["fine-tuned"], directory / f"{stem}_scores.png", title, marks)
+        figures[f"{stem}_pr_roc.png"] = f"Precision-recall and ROC on {what} ({counts}), beside TF-IDF"
+        figures[f"{stem}_scores.png"] = f"The model's spam log-odds on {what}, by true label"
+    return figures
+
+
+def ranking_figures(directory: Path, probabilities: dict, external, config) -> dict[str, str]:
+    """Every ranking picture a binary run draws (test, natural rate, external), by file, with its caption."""
+    figures = {}
+    if "rankings" in probabilities:
+        figures |= plot_rankings(directory, probabilities["rankings"], getattr(config, "spam_threshold", None))
+    if external is not None:
+        figures |= plot_external(directory, external, probabilities, config.label2id["spam"])
+    return figures
+
+
 def evaluate_run(trainer, model, tokenizer, eval_features, orders, splits, held_out, report, external=None):
     """Every split's metrics and probabilities, the TF-IDF row, the threshold at `max_fpr`, the natural-rate
     figures and, with `external`, the cross-corpus figures."""
@@ -240,7 +303,10 @@ def evaluate_run(trainer, model, tokenizer, eval_features, orders, splits, held_
             trainer, eval_features[split], split, report.classes, orders[split]
         )
     # The bar the language model must clear, fitted and scored on the same splits.
-    results["tfidf"] = tfidf_baseline(splits, training_args.seed)
+    tfidf = tfidf_classifier(training_args.seed).fit(
+        list(splits["train"]["text"]), np.asarray(splits["train"]["label"])
+    )
+    results["tfidf"] = tfidf_baseline(splits, training_args.seed, tfidf)
     if training_args.max_fpr is not None:
         # Saved in config.json with the model: `hf-spam predict` and every metric below then use it.
         model.config.spam_threshold, results["threshold"] = decision_threshold(
@@ -248,9 +314,11 @@ def evaluate_run(trainer, model, tokenizer, eval_features, orders, splits, held_
         )
     if held_out is not None and len(held_out) and report.is_binary and trainer.is_world_process_zero():
         test = results["threshold"]["test"] if "threshold" in results else results["test"]
-        results["held_out"], results["natural_rate"] = natural_rate_metrics(
-            model, tokenizer, held_out, test, report.spam_rate
+        results["held_out"], results["natural_rate"], probabilities["held_out"] = natural_rate_metrics(
+            model, tokenizer, held_out, test, report.spam_rate, training_args.disable_tqdm
         )
+    if report.is_binary:
+        probabilities["rankings"] = ranking_scores(splits["test"], held_out, probabilities, tfidf, model.config)
     if external is not None:
         _, probabilities["external"] = evaluate_split(
             trainer, eval_features["external"], "external", report.classes, orders["external"]

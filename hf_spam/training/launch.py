@@ -9,6 +9,7 @@ import sys
 
 import torch
 
+from hf_spam.progress import quiet_library_bars
 from hf_spam.training.arguments import ConfigError
 
 logger = logging.getLogger("hf_spam")
@@ -84,11 +85,4 @@ def configure_logging() -> None:
 def quiet_progress_bars(training_args) -> None:
     """Progress bars on a terminal only: written to a file or a pipe, tqdm's carriage returns leave hundreds of
     fragments in the log. `--disable_tqdm true` turns them off on a terminal too."""
-    import datasets
-    import transformers
-
-    if not sys.stderr.isatty():
-        training_args.disable_tqdm = True
-    if training_args.disable_tqdm:
-        transformers.utils.logging.disable_progress_bar()
-        datasets.disable_progress_bars()
+    training_args.disable_tqdm = quiet_library_bars(training_args.disable_tqdm)

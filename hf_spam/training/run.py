@@ -69,7 +69,7 @@ from hf_spam.training.evaluate import (
     evaluate_run,
     length_order,
     metrics_table,
-    plot_external,
+    ranking_figures,
     write_predictions,
 )
 from hf_spam.training.launch import check_launch, configure_logging, quiet_progress_bars, use_the_cores
@@ -381,9 +381,7 @@ def save_run(trainer, model, tokenizer, card, summary: dict, probabilities, spli
     plot_loss(trainer.state.log_history, examples_per_step * training_args.world_size, staging / "loss.png")
     plot_accuracy(trainer.state.log_history, staging / "accuracy.png", "spam" if report.is_binary else "macro")
     plot_confusion_matrix(results["test"]["confusion_matrix"], staging / "confusion_matrix.png", report.classes)
-    card.metrics, card.figures = results, dict(FIGURES)
-    if external is not None:
-        card.figures |= plot_external(staging, external, probabilities, report.classes.index("spam"))
+    card.metrics, card.figures = results, FIGURES | ranking_figures(staging, probabilities, external, model.config)
     write_model_card(staging, card)
     summary["model_card"] = dataclasses.asdict(card)  # lets `hf-spam push` re-render it for a repo id
     summary["examples"] = examples = example_messages(splits["test"], report)  # the serve page offers them
