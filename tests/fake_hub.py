@@ -145,7 +145,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(
                 409, {"error": "You already created this model repo", "url": f"{self.hub.endpoint}/{repo_id}"}
             )
-        self.hub.repos[repo_id] = Repo(private=request.get("visibility") == "private")
+        # huggingface_hub sends "visibility" (2.x) or "private" (1.x): the Hub takes either.
+        self.hub.repos[repo_id] = Repo(
+            private=request.get("visibility") == "private" or request.get("private") is True
+        )
         self._send(200, {"url": f"{self.hub.endpoint}/{repo_id}", "name": repo_id})
 
     def validate_yaml(self, method, body, **_):

@@ -4,7 +4,9 @@ token length."""
 
 from __future__ import annotations
 
+import copy
 import json
+import threading
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -112,6 +114,7 @@ class SpamClassifier:
             raise ValueError(f"threshold: a spam probability in [0, 1], got {threshold!r}")
         self.probabilities, self.config, self.tokenizer, self.threshold = probabilities, config, tokenizer, threshold
         self.spam = spam
+        self._counting, self._counting_lock = None, threading.Lock()
 
     def predict_proba(self, texts: list[str], on_batch: Callable[[int], object] | None = None) -> np.ndarray:
         """`[len(texts), labels]` probabilities, in input order; `on_batch(n)` as texts are answered (a
@@ -141,8 +144,15 @@ class SpamClassifier:
         ]
 
     def token_counts(self, texts: list[str]) -> list[int]:
-        """How many tokens the model would read of each text, before truncation (a template's included)."""
-        return [len(ids) for ids in self.tokenizer(texts)["input_ids"]]
+        """How many tokens the model would read of each text, before truncation (a template's included).
+
+        A server counts on its request threads while its batcher classifies: a Rust tokenizer used by two
+        threads at once fails with "Already borrowed" (tokenizers 0.22), so counting has a copy of its own,
+        used by one thread at a time."""
+        with self._counting_lock:
+            if self._counting is None:
+                self._counting = copy.deepcopy(self.tokenizer)
+            return [len(ids) for ids in self._counting(texts)["input_ids"]]
 
 
 def read_run_summary(model_dir: str | Path) -> dict:

@@ -86,7 +86,10 @@ def check_local_model_dir(path: str | Path) -> None:
             "`GPT2ForSequenceClassification.from_pretrained(dir, use_safetensors=False).save_pretrained(new_dir)`."
         )
     config = path / "config.json"
-    if config.is_file() and "auto_map" in json.loads(config.read_text(encoding="utf-8")):
+    values = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
+    if not isinstance(values, dict):  # Transformers' own errors for it differ from release to release
+        raise ValueError(f"{config}: expected a JSON object of settings, got a {type(values).__name__}")
+    if "auto_map" in values:
         raise UnsafeModelError(f"{config}: has an `auto_map` (custom code); hf_spam never runs remote code")
 
 
