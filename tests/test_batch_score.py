@@ -39,7 +39,7 @@ def test_score_gives_the_classifiers_probabilities_refuses_bad_rows_and_resumes(
     assert summary["rows"] == 260 and summary["shards_written"] == 3
     assert summary["refused"] == {"no text": 1, "empty text": 1, "over 1,000 characters": 1}
 
-    classifier = load_classifier(saved)
+    classifier = load_classifier(saved, device="cpu")  # score runs on the CPU unless --device cuda
     for shard, rows in (("a.parquet", frame.iloc[:120]), ("b.parquet", bad), ("c.csv", frame.iloc[200:])):
         got = pd.read_parquet(out / f"{shard}.parquet")
         assert got["row"].tolist() == list(range(len(rows))) and got["id"].tolist() == rows["msg_id"].tolist()

@@ -156,7 +156,7 @@ def test_gpt2_export_writes_the_transformers_js_layout_and_predict_runs_it(saved
     assert report["int8"]["bytes"] < report["float32"]["bytes"] / 2  # int8 weights
     assert not list(saved.glob(".onnx-*"))
 
-    torch_answers = load_classifier(str(saved))(MESSAGES)
+    torch_answers = load_classifier(str(saved), device="cpu")(MESSAGES)  # as export checks: CPU beside CPU
     onnx_answers = load_classifier(str(saved), backend="onnxruntime")(MESSAGES)
     assert [a["label"] for a in onnx_answers] == [a["label"] for a in torch_answers]
     assert [a["score"] for a in onnx_answers] == pytest.approx([a["score"] for a in torch_answers], abs=1e-5)

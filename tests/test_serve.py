@@ -92,7 +92,7 @@ def test_the_huggingface_hub_client_works_unchanged_and_answers_as_predict(serve
     # HF_HUB_OFFLINE (set for every test) blocks all of the client's requests, loopback too.
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 
-    expected = load_classifier(saved)(MESSAGES)
+    expected = load_classifier(saved, device="cpu")(MESSAGES)  # serve runs on the CPU unless --device
     client = InferenceClient(base_url=server.url)
     for message, answer in zip(MESSAGES, expected, strict=True):
         got = client.text_classification(message)
@@ -105,7 +105,7 @@ def test_the_huggingface_hub_client_works_unchanged_and_answers_as_predict(serve
 
 
 def test_concurrent_requests_are_batched_and_each_gets_its_own_answers(server, saved):
-    expected = load_classifier(saved)(MESSAGES)
+    expected = load_classifier(saved, device="cpu")(MESSAGES)
     batcher = server.app.state.batcher
     before = batcher.batches
 
@@ -388,7 +388,7 @@ def test_the_page_in_a_real_headless_browser(page_server, saved):
                  f"--user-data-dir={Path(saved).parent / 'chromium-profile'}"):  # fmt: skip
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    predict = load_classifier(saved)
+    predict = load_classifier(saved, device="cpu")
     labels = [predict.config.id2label[i] for i in sorted(predict.config.id2label)]
 
     def answers_shown(count):
@@ -452,7 +452,7 @@ def test_the_onnxruntime_backend_serves_the_exported_graph(saved, tmp_path):
         "text,label\n" + "".join(f'"{m}",{"spam" if i % 2 == 0 else "ham"}\n' for i, m in enumerate(MESSAGES))
     )
     export(saved, test_file=str(test_file))
-    expected = load_classifier(saved)(MESSAGES)
+    expected = load_classifier(saved, device="cpu")(MESSAGES)
     with Server(create_app(saved, backend="onnxruntime")) as server:
         status, body = post(server.url + "/predict", json.dumps({"inputs": MESSAGES}).encode())
         with urllib.request.urlopen(server.url + "/info") as response:

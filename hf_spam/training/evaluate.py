@@ -181,22 +181,21 @@ def metrics_table(results: dict[str, dict], classes: list[str] | None = None) ->
     return "\n".join(lines)
 
 
-def external_results(external, probabilities: np.ndarray, train_split, config, seed: int) -> tuple[dict, np.ndarray]:
-    """The cross-corpus figures of the model (at its own decision rule too) and of TF-IDF fitted on the same
-    training split, on the external messages; and TF-IDF's probabilities there."""
+def external_results(external, probabilities: np.ndarray, tfidf, trained_on: int, config) -> tuple[dict, np.ndarray]:
+    """The cross-corpus figures of the model (at its own decision rule too) and of `tfidf` (fitted on the
+    model's `trained_on` training messages), on the external messages; and TF-IDF's probabilities there."""
     spam = config.label2id["spam"]
     flagged = SpamClassifier(None, config).decide(probabilities) == spam
     model = corpus_metrics(
         external.labels, spam_log_odds(probabilities, spam), external.source, external.files, flagged
     )
-    tfidf = tfidf_classifier(seed).fit(list(train_split["text"]), np.asarray(train_split["label"]))
     baseline = tfidf.predict_proba(external.texts)
     bar = corpus_metrics(external.labels, spam_log_odds(baseline, spam), external.source, external.files)
     return {
         "messages": external.counts(list(config.label2id)),
         "dropped": external.dropped,
         "models": {"model": model, "tfidf": bar},
-        "tfidf_trained_on": len(train_split),
+        "tfidf_trained_on": trained_on,
     }, baseline
 
 
@@ -324,6 +323,6 @@ def evaluate_run(trainer, model, tokenizer, eval_features, orders, splits, held_
             trainer, eval_features["external"], "external", report.classes, orders["external"]
         )
         results["external"], probabilities["external_tfidf"] = external_results(
-            external, probabilities["external"], splits["train"], model.config, training_args.seed
+            external, probabilities["external"], tfidf, len(splits["train"]), model.config
         )
     return results, probabilities
